@@ -1,0 +1,1 @@
+"""Hugging Face <-> a1jax weights."""

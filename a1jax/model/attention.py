@@ -1,0 +1,62 @@
+"""Gated full attention: q/k RMSNorm per head, partial RoPE, GQA, and a sigmoid output gate."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from a1jax.model.base import RMSNorm, normal, param
+from a1jax.model.config import ModelConfig
+from a1jax.model.rope import apply_rope
+
+
+def reference_attention(q_bthk: jax.Array, k_bsnk: jax.Array, v_bsnk: jax.Array,
+                        runs_bt: jax.Array) -> jax.Array:
+    """Causal softmax attention within segments, materialising the [t, s] score matrix.
+
+    The slow, obvious reference every faster kernel is tested against. Query head h reads KV
+    head h // (heads / kv_heads). Scores and softmax in fp32."""
+    b, t, h, k = q_bthk.shape
+    n = k_bsnk.shape[2]
+    q_btngk = q_bthk.reshape(b, t, n, h // n, k)
+    scores = jnp.einsum("btngk,bsnk->bngts", q_btngk, k_bsnk,
+                        preferred_element_type=jnp.float32) * (k ** -0.5)
+    idx = jnp.arange(t)
+    causal_ts = idx[:, None] >= idx[None, :]
+    same_bts = runs_bt[:, :, None] == runs_bt[:, None, :]
+    mask = (causal_ts[None] & same_bts)[:, None, None]
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_bsnk.dtype)
+    out = jnp.einsum("bngts,bsnk->btngk", probs, v_bsnk)
+    return out.reshape(b, t, h, k)
+
+
+class GatedAttention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, runs_bt: jax.Array) -> jax.Array:
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        d, h, n, k = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        init = normal(c.initializer_range)
+        # Each head's q_proj rows are [query (k) | gate (k)], as in the Hugging Face weight.
+        w_q = param(self, "q_proj", (d, h, 2 * k), ("embed", "heads", "head_dim"), init)
+        w_k = param(self, "k_proj", (d, n, k), ("embed", "kv_heads", "head_dim"), init)
+        w_v = param(self, "v_proj", (d, n, k), ("embed", "kv_heads", "head_dim"), init)
+        w_o = param(self, "o_proj", (h, k, d), ("heads", "head_dim", "embed"), init)
+
+        x = x_btd.astype(dtype)
+        qg_bthk = jnp.einsum("btd,dhk->bthk", x, w_q.astype(dtype))
+        q_bthk, gate_bthk = qg_bthk[..., :k], qg_bthk[..., k:]
+        k_btnk = jnp.einsum("btd,dnk->btnk", x, w_k.astype(dtype))
+        v_btnk = jnp.einsum("btd,dnk->btnk", x, w_v.astype(dtype))
+        q_bthk = RMSNorm(c.rms_norm_eps, axis="head_dim", name="q_norm")(q_bthk)
+        k_btnk = RMSNorm(c.rms_norm_eps, axis="head_dim", name="k_norm")(k_btnk)
+        q_bthk = apply_rope(q_bthk, positions_bt, c.rotary_dim, c.rope_theta)
+        k_btnk = apply_rope(k_btnk, positions_bt, c.rotary_dim, c.rope_theta)
+
+        out_bthk = reference_attention(q_bthk, k_btnk, v_btnk, runs_bt)
+        out_bthk = out_bthk * jax.nn.sigmoid(gate_bthk)
+        return jnp.einsum("bthk,hkd->btd", out_bthk, w_o.astype(dtype))

@@ -1,0 +1,183 @@
+"""Gated DeltaNet (linear attention): causal depthwise conv, then the gated delta rule.
+
+Per value head, with state S (k x v) starting from zero and reset at every segment start:
+    S = S * exp(g_t);  S = S + k_t (beta_t (v_t - S^T k_t))^T;  o_t = S^T q_t
+`recurrent_delta_rule` runs this token by token (decoding, and the reference);
+`chunked_delta_rule` computes the same function a chunk at a time (training).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from a1jax.model.base import normal, param, rms_normalize
+from a1jax.model.config import ModelConfig
+
+
+def causal_conv(x_btc: jax.Array, w_wc: jax.Array, runs_bt: jax.Array) -> jax.Array:
+    """Depthwise causal conv over time, window w, left zero padding; a tap never reads across a
+    segment start, so each packed segment sees exactly what it would see alone.
+
+    `w_wc[w - 1]` multiplies the current token, `w_wc[0]` the oldest one in the window."""
+    window = w_wc.shape[0]
+    out = x_btc * w_wc[window - 1]
+    for shift in range(1, window):
+        x_prev = jnp.pad(x_btc, ((0, 0), (shift, 0), (0, 0)))[:, :-shift]
+        runs_prev = jnp.pad(runs_bt, ((0, 0), (shift, 0)), constant_values=-1)[:, :-shift]
+        same = (runs_prev == runs_bt)[..., None]
+        out = out + jnp.where(same, x_prev, 0) * w_wc[window - 1 - shift]
+    return out
+
+
+def _prepare(q_bthk, k_bthk, v_bthv, g_bth, beta_bth):
+    """Shared preamble: value heads share key heads (h // ratio), q/k L2-normalised, q scaled,
+    everything in fp32 (the recurrence must stay fp32 whatever the compute dtype)."""
+    ratio = v_bthv.shape[2] // q_bthk.shape[2]
+    f32 = jnp.float32
+    q = jnp.repeat(q_bthk.astype(f32), ratio, axis=2)
+    k = jnp.repeat(k_bthk.astype(f32), ratio, axis=2)
+    q = q * jax.lax.rsqrt(jnp.sum(q * q, axis=-1, keepdims=True) + 1e-6)
+    k = k * jax.lax.rsqrt(jnp.sum(k * k, axis=-1, keepdims=True) + 1e-6)
+    q = q * (q.shape[-1] ** -0.5)
+    return q, k, v_bthv.astype(f32), g_bth.astype(f32), beta_bth.astype(f32)
+
+
+def recurrent_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt,
+                         initial_state_bhkv=None):
+    """The gated delta rule one token at a time. Returns (o_bthv fp32, final state)."""
+    q, k, v, g, beta = _prepare(q_bthk, k_bthk, v_bthv, g_bth, beta_bth)
+    b, _, h, dk = q.shape
+    dv = v.shape[-1]
+    prev_runs = jnp.concatenate([runs_bt[:, :1], runs_bt[:, :-1]], axis=1)
+    keep_bt = (runs_bt == prev_runs).astype(jnp.float32)  # 0 at a segment start: reset
+    state = (jnp.zeros((b, h, dk, dv), jnp.float32) if initial_state_bhkv is None
+             else initial_state_bhkv.astype(jnp.float32))
+
+    def step(s_bhkv, xs):
+        q_t, k_t, v_t, g_t, beta_t, keep_t = xs
+        s_bhkv = s_bhkv * (jnp.exp(g_t) * keep_t[:, None])[..., None, None]
+        predicted_bhv = jnp.einsum("bhkv,bhk->bhv", s_bhkv, k_t)
+        delta_bhv = (v_t - predicted_bhv) * beta_t[..., None]
+        s_bhkv = s_bhkv + k_t[..., :, None] * delta_bhv[..., None, :]
+        return s_bhkv, jnp.einsum("bhkv,bhk->bhv", s_bhkv, q_t)
+
+    time_major = [jnp.moveaxis(a, 1, 0) for a in (q, k, v, g, beta, keep_bt)]
+    state, o_tbhv = jax.lax.scan(step, state, time_major)
+    return jnp.moveaxis(o_tbhv, 0, 1), state
+
+
+def chunked_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt, chunk_size: int,
+                       initial_state_bhkv=None):
+    """The gated delta rule, parallel within chunks of `chunk_size` and sequential across them
+    (WY / UT form). Same function as `recurrent_delta_rule`, segment resets included: every
+    interaction across a segment start is masked rather than decayed to zero, so resets cost no
+    precision. Returns (o_bthv fp32, final state)."""
+    q, k, v, g, beta = _prepare(q_bthk, k_bthk, v_bthv, g_bth, beta_bth)
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    c = chunk_size
+    pad = (-t) % c
+    # Padding goes at the end, inside the last run: with g = 0 and beta = k = 0 it neither decays
+    # nor writes the state, so outputs and the final state are those of the real tokens.
+    padt = lambda a: jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+    q, k, v, g, beta = (padt(a) for a in (q, k, v, g, beta))
+    runs = jnp.pad(runs_bt, [(0, 0), (0, pad)], mode="edge")
+    n = (t + pad) // c
+
+    # [b, t, h, ...] -> [b, h, n, c, ...]
+    to_chunks = lambda a: jnp.moveaxis(a.reshape(b, n, c, h, *a.shape[3:]), 3, 1)
+    q, k, v = to_chunks(q), to_chunks(k), to_chunks(v)
+    g, beta = to_chunks(g[..., None])[..., 0], to_chunks(beta[..., None])[..., 0]
+    runs_nc = runs.reshape(b, 1, n, c)
+    # The run each chunk's incoming state belongs to: that of the token before the chunk.
+    prev_run = jnp.concatenate([runs_nc[:, :, :1, :1], runs_nc[:, :, :-1, -1:]], axis=2)
+    from_start = (runs_nc == prev_run).astype(jnp.float32)  # [b,1,n,c]: state reaches here
+    same_cc = runs_nc[..., :, None] == runs_nc[..., None, :]  # [b,1,n,c,c]
+    causal_cc = jnp.tril(jnp.ones((c, c), bool))
+    mask_cc = same_cc & causal_cc
+
+    cum = jnp.cumsum(g, axis=-1)  # [b,h,n,c] log decay from chunk start through each token
+    diff = cum[..., :, None] - cum[..., None, :]
+    decay_cc = jnp.where(mask_cc, jnp.exp(jnp.where(mask_cc, diff, 0.0)), 0.0)
+    k_beta = k * beta[..., None]
+    v_beta = v * beta[..., None]
+
+    hp = jax.lax.Precision.HIGHEST
+    ut = jnp.einsum("bhnik,bhnjk->bhnij", k_beta, k, precision=hp) * decay_cc
+    ut = jnp.tril(ut, -1) + jnp.eye(c, dtype=ut.dtype)
+    solve = lambda rhs: jax.lax.linalg.triangular_solve(
+        ut, rhs, left_side=True, lower=True, unit_diagonal=True)
+    u = solve(v_beta)  # new values, before the incoming state's prediction is subtracted
+    w = solve(k_beta * (jnp.exp(cum) * from_start)[..., None])  # how tokens read the old state
+    intra = jnp.einsum("bhnik,bhnjk->bhnij", q, k, precision=hp) * decay_cc
+    q_read = q * (jnp.exp(cum) * from_start)[..., None]
+    last_run = runs_nc[..., -1:]
+    k_write = k * (jnp.exp(cum[..., -1:] - cum) * (runs_nc == last_run))[..., None]
+    chunk_decay = jnp.exp(cum[..., -1]) * from_start[..., -1]  # [b,h,n]
+
+    state = (jnp.zeros((b, h, dk, dv), jnp.float32) if initial_state_bhkv is None
+             else initial_state_bhkv.astype(jnp.float32))
+
+    def step(s_bhkv, xs):
+        u_n, w_n, intra_n, q_n, k_n, decay_n = xs
+        v_new = u_n - jnp.einsum("bhck,bhkv->bhcv", w_n, s_bhkv, precision=hp)
+        o_n = (jnp.einsum("bhck,bhkv->bhcv", q_n, s_bhkv, precision=hp)
+               + jnp.einsum("bhij,bhjv->bhiv", intra_n, v_new, precision=hp))
+        s_bhkv = (s_bhkv * decay_n[..., None, None]
+                  + jnp.einsum("bhck,bhcv->bhkv", k_n, v_new, precision=hp))
+        return s_bhkv, o_n
+
+    chunk_major = [jnp.moveaxis(a, 2, 0) for a in (u, w, intra, q_read, k_write, chunk_decay)]
+    state, o_nbhcv = jax.lax.scan(step, state, chunk_major)
+    o_bthv = jnp.moveaxis(o_nbhcv, 0, 2).reshape(b, h, n * c, dv).transpose(0, 2, 1, 3)
+    return o_bthv[:, :t], state
+
+
+class GatedDeltaNet(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd: jax.Array, runs_bt: jax.Array) -> jax.Array:
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        d, hk, hv = c.hidden_size, c.linear_num_key_heads, c.linear_num_value_heads
+        dk, dv, ch = c.linear_key_head_dim, c.linear_value_head_dim, c.linear_conv_dim
+        init = normal(c.initializer_range)
+        w_qkv = param(self, "in_proj_qkv", (d, ch), ("embed", "linear_conv"), init)
+        w_z = param(self, "in_proj_z", (d, hv, dv), ("embed", "linear_heads", "head_dim"), init)
+        w_b = param(self, "in_proj_b", (d, hv), ("embed", "linear_heads"), init)
+        w_a = param(self, "in_proj_a", (d, hv), ("embed", "linear_heads"), init)
+        window = c.linear_conv_kernel_dim
+        w_conv = param(self, "conv1d", (window, ch), ("conv_window", "linear_conv"),
+                       nn.initializers.variance_scaling(1.0, "fan_in", "uniform", in_axis=0,
+                                                        out_axis=1))
+        a_log = param(self, "A_log", (hv,), ("linear_heads",),
+                      lambda key, shape, dtype: jnp.log(
+                          jax.random.uniform(key, shape, dtype, 0.01, 16.0)))
+        dt_bias = param(self, "dt_bias", (hv,), ("linear_heads",), nn.initializers.ones_init())
+        w_norm = param(self, "norm", (dv,), ("head_dim",), nn.initializers.ones_init())
+        w_out = param(self, "out_proj", (hv, dv, d), ("linear_heads", "head_dim", "embed"), init)
+
+        x = x_btd.astype(dtype)
+        b, t, _ = x.shape
+        qkv_btc = jnp.einsum("btd,dc->btc", x, w_qkv.astype(dtype))
+        qkv_btc = jax.nn.silu(causal_conv(qkv_btc, w_conv.astype(dtype), runs_bt))
+        q_bthk = qkv_btc[..., : hk * dk].reshape(b, t, hk, dk)
+        k_bthk = qkv_btc[..., hk * dk: 2 * hk * dk].reshape(b, t, hk, dk)
+        v_bthv = qkv_btc[..., 2 * hk * dk:].reshape(b, t, hv, dv)
+        z_bthv = jnp.einsum("btd,dhv->bthv", x, w_z.astype(dtype))
+        beta_bth = jax.nn.sigmoid(jnp.einsum("btd,dh->bth", x, w_b.astype(dtype)))
+        a_bth = jnp.einsum("btd,dh->bth", x, w_a.astype(dtype)).astype(jnp.float32)
+        g_bth = -jnp.exp(a_log) * jax.nn.softplus(a_bth + dt_bias)
+
+        if c.deltanet_impl == "recurrent":
+            o_bthv, _ = recurrent_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt)
+        else:
+            o_bthv, _ = chunked_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt,
+                                           c.deltanet_chunk_size)
+        # Gated RMSNorm per value head: plain multiplier w (initialised to 1), then silu(z).
+        o_bthv = (w_norm * rms_normalize(o_bthv, c.rms_norm_eps).astype(dtype))
+        o_bthv = (o_bthv * jax.nn.silu(z_bthv.astype(jnp.float32))).astype(dtype)
+        return jnp.einsum("bthv,hvd->btd", o_bthv, w_out.astype(dtype))

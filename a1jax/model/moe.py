@@ -1,0 +1,80 @@
+"""The sparse MoE block: softmax top-k router (renormalised), routed SwiGLU experts, and a
+sigmoid-gated shared expert. Expert dispatch strategies live in `a1jax.model.dispatch`."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from a1jax.model import dispatch
+from a1jax.model.base import normal, param
+from a1jax.model.config import ModelConfig
+
+
+class Routing(NamedTuple):
+    weights_tk: jax.Array  # renormalised top-k probabilities, fp32
+    experts_tk: jax.Array  # int32 expert ids
+    probs_te: jax.Array  # full softmax, fp32 (for the load-balancing loss)
+
+
+def route(x_td: jax.Array, w_router_de: jax.Array, top_k: int) -> Routing:
+    """Softmax over all experts in fp32, keep the top k, renormalise them to sum to one."""
+    logits_te = jnp.einsum("td,de->te", x_td.astype(jnp.float32), w_router_de,
+                           precision=jax.lax.Precision.HIGHEST)
+    probs_te = jax.nn.softmax(logits_te, axis=-1)
+    top_tk, experts_tk = jax.lax.top_k(probs_te, top_k)
+    return Routing(top_tk / jnp.sum(top_tk, axis=-1, keepdims=True), experts_tk, probs_te)
+
+
+class RouterStats(NamedTuple):
+    """Per-layer routing statistics over valid tokens: what the load-balancing loss and the
+    expert-load metrics need."""
+
+    expert_fraction_e: jax.Array  # share of top-k assignments per expert (sums to top_k)
+    router_prob_e: jax.Array  # mean router probability per expert (sums to 1)
+
+
+def router_stats(routing: Routing, valid_t: jax.Array, num_experts: int) -> RouterStats:
+    valid = valid_t.astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(valid), 1.0)
+    onehot_te = jnp.sum(jax.nn.one_hot(routing.experts_tk, num_experts), axis=1)
+    return RouterStats(jnp.sum(onehot_te * valid[:, None], axis=0) / count,
+                       jnp.sum(routing.probs_te * valid[:, None], axis=0) / count)
+
+
+class SparseMoeBlock(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd: jax.Array, valid_bt: jax.Array) -> tuple[jax.Array, RouterStats]:
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        d, e, f, fs = (c.hidden_size, c.num_experts, c.moe_intermediate_size,
+                       c.shared_expert_intermediate_size)
+        init = normal(c.initializer_range)
+        w_router = param(self, "gate", (d, e), ("embed", "router"), init)
+        experts = {
+            "gate_proj": param(self, "experts_gate_proj", (e, d, f), ("exp", "embed", "mlp_moe"), init),
+            "up_proj": param(self, "experts_up_proj", (e, d, f), ("exp", "embed", "mlp_moe"), init),
+            "down_proj": param(self, "experts_down_proj", (e, f, d), ("exp", "mlp_moe", "embed"), init),
+        }
+        w_sg = param(self, "shared_gate_proj", (d, fs), ("embed", "mlp"), init)
+        w_su = param(self, "shared_up_proj", (d, fs), ("embed", "mlp"), init)
+        w_sd = param(self, "shared_down_proj", (fs, d), ("mlp", "embed"), init)
+        w_sgate = param(self, "shared_expert_gate", (d, 1), ("embed", None), init)
+
+        b, t, _ = x_btd.shape
+        x_td = x_btd.reshape(b * t, d).astype(dtype)
+        routing = route(x_td, w_router, c.num_experts_per_tok)
+        experts = {name: jnp.asarray(w, dtype) for name, w in experts.items()}
+        routed_td = dispatch.DISPATCH[c.moe_dispatch](
+            x_td, routing.weights_tk, routing.experts_tk, **experts)
+
+        hidden_tf = jax.nn.silu(x_td @ w_sg.astype(dtype)) * (x_td @ w_su.astype(dtype))
+        shared_td = (hidden_tf @ w_sd.astype(dtype)) * jax.nn.sigmoid(x_td @ w_sgate.astype(dtype))
+        out_td = routed_td.astype(dtype) + shared_td
+        stats = router_stats(routing, valid_bt.reshape(-1), e)
+        return out_td.reshape(b, t, d), stats

@@ -1,0 +1,80 @@
+"""The decoder: embeddings, the pattern of gated-attention and Gated-DeltaNet layers, each
+followed by the sparse MoE block, a final norm and the LM head."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from a1jax.model.attention import GatedAttention
+from a1jax.model.base import RMSNorm, normal, param, run_ids
+from a1jax.model.config import FULL, ModelConfig
+from a1jax.model.deltanet import GatedDeltaNet
+from a1jax.model.moe import RouterStats, SparseMoeBlock
+
+
+class DecoderLayer(nn.Module):
+    """h = x + mixer(norm_in(x)); out = h + moe(norm_post(h))."""
+
+    config: ModelConfig
+    layer_type: str
+
+    @nn.compact
+    def __call__(self, x_btd, positions_bt, runs_bt, valid_bt):
+        c = self.config
+        h_btd = RMSNorm(c.rms_norm_eps, name="input_layernorm")(x_btd)
+        if self.layer_type == FULL:
+            h_btd = GatedAttention(c, name="self_attn")(h_btd, positions_bt, runs_bt)
+        else:
+            h_btd = GatedDeltaNet(c, name="linear_attn")(h_btd, runs_bt)
+        x_btd = x_btd + h_btd.astype(x_btd.dtype)
+        h_btd = RMSNorm(c.rms_norm_eps, name="post_attention_layernorm")(x_btd)
+        h_btd, stats = SparseMoeBlock(c, name="mlp")(h_btd, valid_bt)
+        return x_btd + h_btd.astype(x_btd.dtype), stats
+
+
+class Output(NamedTuple):
+    logits_btx: jax.Array  # float32
+    router: RouterStats  # each field stacked over MoE layers: [layers, experts]
+
+
+class Transformer(nn.Module):
+    """Qwen3.5-MoE text model. Packed rows: `segment_ids` (0 marks padding) and per-segment
+    `positions`; attention never crosses a segment and DeltaNet state resets at each start."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_bt: jax.Array, segment_ids_bt: jax.Array | None = None,
+                 positions_bt: jax.Array | None = None) -> Output:
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        b, t = tokens_bt.shape
+        if segment_ids_bt is None:
+            segment_ids_bt = jnp.ones((b, t), jnp.int32)
+        if positions_bt is None:
+            positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        runs_bt = run_ids(segment_ids_bt)
+        valid_bt = segment_ids_bt != 0
+
+        embed_xd = param(self, "embed_tokens", (c.vocab_size, c.hidden_size), ("vocab", "embed"),
+                         normal(c.initializer_range))
+        x_btd = jnp.take(embed_xd, tokens_bt, axis=0).astype(dtype)
+        stats = []
+        for i, layer_type in enumerate(c.layer_types):
+            x_btd, layer_stats = DecoderLayer(c, layer_type, name=f"layers_{i}")(
+                x_btd, positions_bt, runs_bt, valid_bt)
+            stats.append(layer_stats)
+        x_btd = RMSNorm(c.rms_norm_eps, name="norm")(x_btd)
+        if c.tie_word_embeddings:
+            w_dx = embed_xd.T
+        else:
+            w_dx = param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"),
+                         normal(c.initializer_range))
+        logits_btx = jnp.einsum("btd,dx->btx", x_btd, w_dx.astype(dtype),
+                                preferred_element_type=jnp.float32)
+        router = RouterStats(*(jnp.stack(field) for field in zip(*stats)))
+        return Output(logits_btx, router)

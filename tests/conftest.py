@@ -1,0 +1,62 @@
+"""Every test runs with 8 simulated CPU devices, so sharding tests need no accelerator."""
+
+import os
+
+# Must be set before jax initialises its backends.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def random_params(config, seed: int = 0, noise: float = 0.05) -> dict:
+    """An a1jax params tree (numpy float32) from the model's init, with every tensor perturbed so
+    that zero-initialised norms and unit gates are exercised by parity tests too."""
+    import flax.linen as nn
+
+    from a1jax.model import Transformer
+
+    tokens = np.zeros((1, 4), np.int32)
+    params = nn.meta.unbox(Transformer(config).init(jax.random.key(seed), tokens))["params"]
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    leaves = [np.asarray(x + noise * jax.random.normal(k, x.shape), np.float32)
+              for x, k in zip(leaves, keys)]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def hf_model(config, params):
+    """transformers' Qwen3_5MoeForCausalLM (fp32, eager attention) holding the same weights."""
+    import torch
+    from transformers import Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig
+
+    from a1jax.convert.mapping import to_hf_tensors
+
+    hf_config = Qwen3_5MoeTextConfig(**config.to_hf_dict())
+    hf_config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = Qwen3_5MoeForCausalLM(hf_config).eval()
+    state = {k: torch.from_numpy(np.array(v)) for k, v in to_hf_tensors(params, config).items()}
+    result = model.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
+    assert result.missing_keys == (["lm_head.weight"] if config.tie_word_embeddings else [])
+    if config.tie_word_embeddings:  # the head must really be the embedding
+        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    return model
+
+
+def hf_logits(model, tokens: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(tokens).long(), use_cache=False).logits.numpy()
+
+
+@pytest.fixture(scope="session")
+def devices():
+    assert len(jax.devices()) == 8, "tests expect 8 simulated CPU devices (see conftest.py)"
+    return jax.devices()

@@ -1,0 +1,171 @@
+"""Reading Hugging Face directories: every layout in the wild, and clear errors for bad ones."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from a1jax.convert.hf_load import LoadError, load_params
+from a1jax.convert.mapping import to_hf_tensors
+from a1jax.model import get_preset
+from tests.conftest import random_params
+
+TINY = get_preset("tiny")
+
+
+def _write_dir(path, tensors, config=TINY, shards=1, vl=False):
+    path.mkdir(parents=True, exist_ok=True)
+    hf_config = config.to_hf_dict()
+    if vl:
+        hf_config = {"model_type": "qwen3_5_moe", "architectures": [
+            "Qwen3_5MoeForConditionalGeneration"], "text_config": hf_config}
+    (path / "config.json").write_text(json.dumps(hf_config))
+    names = sorted(tensors)
+    if shards == 1:
+        save_file(tensors, str(path / "model.safetensors"))
+        return
+    weight_map = {}
+    for i in range(shards):
+        filename = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: tensors[n] for n in names[i::shards]}
+        save_file(part, str(path / filename))
+        weight_map.update(dict.fromkeys(part, filename))
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+def _assert_same(a, b):
+    flat_a = {k: v for k, v in _flatten(a)}
+    flat_b = {k: v for k, v in _flatten(b)}
+    assert flat_a.keys() == flat_b.keys()
+    for k in flat_a:
+        np.testing.assert_array_equal(flat_a[k], flat_b[k], err_msg=k)
+
+
+def _flatten(tree, prefix=""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, prefix + k + "/")
+        else:
+            yield prefix + k, np.asarray(v)
+
+
+def test_fused_sharded_roundtrip(tmp_path):
+    params = random_params(TINY)
+    _write_dir(tmp_path, to_hf_tensors(params, TINY), shards=3)
+    config, loaded, report = load_params(str(tmp_path))
+    assert config.to_hf_dict() == TINY.to_hf_dict()
+    assert (report.prefix, report.expert_layout, report.not_imported) == ("model.", "fused", [])
+    _assert_same(loaded, params)
+
+
+def test_per_expert_layout(tmp_path):
+    params = random_params(TINY)
+    tensors = to_hf_tensors(params, TINY)
+    f = TINY.moe_intermediate_size
+    for name in [n for n in tensors if n.endswith("experts.gate_up_proj")]:
+        base = name[: -len("gate_up_proj")]
+        gate_up, down = tensors.pop(name), tensors.pop(base + "down_proj")
+        for e in range(TINY.num_experts):
+            tensors[f"{base}{e}.gate_proj.weight"] = np.ascontiguousarray(gate_up[e, :f])
+            tensors[f"{base}{e}.up_proj.weight"] = np.ascontiguousarray(gate_up[e, f:])
+            tensors[f"{base}{e}.down_proj.weight"] = np.ascontiguousarray(down[e])
+    _write_dir(tmp_path, tensors)
+    _, loaded, report = load_params(str(tmp_path))
+    assert report.expert_layout == "per_expert"
+    _assert_same(loaded, params)
+
+
+def test_vision_language_layout_reports_visual_and_mtp(tmp_path):
+    params = random_params(TINY)
+    tensors = {("lm_head.weight" if n == "lm_head.weight" else "model.language_model." + n[6:]): v
+               for n, v in to_hf_tensors(params, TINY).items()}
+    tensors["model.visual.patch_embed.proj.weight"] = np.zeros((4, 3), np.float32)
+    tensors["mtp.fc.weight"] = np.zeros((2, 2), np.float32)
+    _write_dir(tmp_path, tensors, vl=True, shards=2)
+    config, loaded, report = load_params(str(tmp_path))
+    assert config.to_hf_dict() == TINY.to_hf_dict()
+    assert report.prefix == "model.language_model."
+    assert report.not_imported == ["model.visual.patch_embed.proj.weight", "mtp.fc.weight"]
+    _assert_same(loaded, params)
+
+
+def test_bfloat16_weights_load(tmp_path):
+    import ml_dtypes
+
+    params = random_params(TINY)
+    tensors = {n: v.astype(ml_dtypes.bfloat16) for n, v in to_hf_tensors(params, TINY).items()}
+    _write_dir(tmp_path, tensors)
+    _, loaded, _ = load_params(str(tmp_path))
+    expected = np.asarray(params["norm"]["weight"]).astype(ml_dtypes.bfloat16).astype(np.float32)
+    np.testing.assert_array_equal(loaded["norm"]["weight"], expected)
+    assert loaded["norm"]["weight"].dtype == np.float32
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path):
+    tensors = to_hf_tensors(random_params(TINY), TINY)
+    tensors["model.layers.1.self_attn.k_proj.weight"] = np.zeros((16, 64), np.float32)
+    _write_dir(tmp_path, tensors)
+    with pytest.raises(LoadError) as info:
+        load_params(str(tmp_path))
+    assert str(info.value) == (f"{tmp_path}: tensor model.layers.1.self_attn.k_proj.weight has "
+                               "shape [16, 64] but the config gives it [32, 64]")
+
+
+def test_missing_and_unknown_tensors(tmp_path):
+    tensors = to_hf_tensors(random_params(TINY), TINY)
+    del tensors["model.norm.weight"]
+    _write_dir(tmp_path / "missing", tensors)
+    with pytest.raises(LoadError, match=r"tensor model.norm.weight is missing$"):
+        load_params(str(tmp_path / "missing"))
+    tensors = to_hf_tensors(random_params(TINY), TINY)
+    tensors["model.layers.0.extra.weight"] = np.zeros(3, np.float32)
+    _write_dir(tmp_path / "unknown", tensors)
+    with pytest.raises(LoadError, match=r"unknown tensor model.layers.0.extra.weight: not part"):
+        load_params(str(tmp_path / "unknown"))
+
+
+def test_index_naming_missing_shard(tmp_path):
+    _write_dir(tmp_path, to_hf_tensors(random_params(TINY), TINY), shards=2)
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(LoadError) as info:
+        load_params(str(tmp_path))
+    assert str(info.value) == (f"{tmp_path}: model.safetensors.index.json names "
+                               "model-00002-of-00002.safetensors, which does not exist")
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_score_cli_errors_are_one_line(tmp_path):
+    """Missing directory, shape mismatch, token id out of range, ragged token lists."""
+    tensors = to_hf_tensors(random_params(TINY), TINY)
+    _write_dir(tmp_path / "good", tensors)
+    tensors["model.norm.weight"] = np.zeros(3, np.float32)
+    _write_dir(tmp_path / "bad", tensors)
+    (tmp_path / "ok.json").write_text("[[1, 2, 3]]")
+    (tmp_path / "range.json").write_text("[[1, 2, 512]]")
+    (tmp_path / "ragged.json").write_text("[[1, 2, 3], [4, 5]]")
+    out = str(tmp_path / "out.npz")
+    cases = {
+        "missing": (["--model", str(tmp_path / "nope"), "--tokens", str(tmp_path / "ok.json")],
+                    f"error: {tmp_path / 'nope'}: no such directory"),
+        "shape": (["--model", str(tmp_path / "bad"), "--tokens", str(tmp_path / "ok.json")],
+                  f"error: {tmp_path / 'bad'}: tensor model.norm.weight has shape [3] but the "
+                  "config gives it [64]"),
+        "range": (["--model", str(tmp_path / "good"), "--tokens", str(tmp_path / "range.json")],
+                  f"error: {tmp_path / 'range.json'}: row 0, position 2: token id 512 is out of "
+                  "range [0, 512)"),
+        "ragged": (["--model", str(tmp_path / "good"), "--tokens", str(tmp_path / "ragged.json")],
+                   f"error: {tmp_path / 'ragged.json'}: token lists have different lengths "
+                   "(2, 3); pad them to one length"),
+    }
+    for name, (args, message) in cases.items():
+        result = _run("a1jax.score", *args, "--out", out)
+        assert result.returncode == 2, (name, result.stderr)
+        assert result.stderr.strip() == message, name
+    assert not (tmp_path / "out.npz").exists()
