@@ -1,0 +1,82 @@
+"""Synthetic long-horizon tool-use tasks: deterministic, verifiable, horizon sets the length."""
+
+import hashlib
+import json
+
+import pytest
+
+from a1jax.data import synth
+from a1jax.data.schema import validate
+from a1jax.data.tokenizer import TrajectoryEncoder, load_tokenizer
+from a1jax.errors import A1Error
+
+LONG_HORIZON = {"kb_search": 420, "calculator": 640, "files": 520}
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return TrajectoryEncoder(load_tokenizer())
+
+
+def test_deterministic_bytes():
+    t = synth.make_trajectory("calculator", 3, seed=0, index=0)
+    assert t == synth.make_trajectory("calculator", 3, seed=0, index=0)
+    assert (t["id"], len(t["messages"]), synth.final_answer(t)) == ("calculator-h3-s0-0", 9, "656")
+    assert hashlib.sha256(json.dumps(t).encode()).hexdigest()[:16] == "a4244f250d338ef0"
+    assert synth.make_trajectory("calculator", 3, seed=1, index=0) != t
+
+
+def test_cli_writes_the_same_file_twice(tmp_path, capsys):
+    outs = []
+    for name in ("a.jsonl", "b.jsonl"):
+        assert synth.main(["--domain", "files", "--horizon", "3", "--n", "4", "--seed", "2",
+                           "--out", str(tmp_path / name)]) == 0
+        outs.append((tmp_path / name).read_bytes())
+    assert outs[0] == outs[1] and outs[0].count(b"\n") == 4
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"wrote 4 files trajectories (horizon 3) to {tmp_path / 'a.jsonl'}")
+
+
+@pytest.mark.parametrize("domain", sorted(synth.DOMAINS))
+def test_tasks_are_valid_and_verified_with_failures_and_recoveries(domain):
+    trajs = [validate(synth.make_trajectory(domain, 30, seed=3, index=i)) for i in range(3)]
+    for t in trajs:
+        assert synth.verify(t)
+        assistants = [m for m in t["messages"] if m["role"] == "assistant"]
+        assert all(m["reasoning_content"] for m in assistants)
+        assert all(m.get("tool_calls") for m in assistants[:-1])
+        assert assistants[-1]["content"].startswith("Final answer: ")
+        tampered = json.loads(json.dumps(t))
+        tampered["messages"][-1]["content"] = "Final answer: 12345 wrong"
+        assert not synth.verify(tampered)
+    results = [m["content"] for t in trajs for m in t["messages"] if m["role"] == "tool"]
+    assert any(r.startswith(("error:", "No documents")) for r in results)  # failed calls ...
+    if domain == "calculator":  # ... and several calls in one turn
+        assert any(len(m.get("tool_calls") or []) == 2 for t in trajs for m in t["messages"])
+
+
+@pytest.mark.parametrize("domain", sorted(synth.DOMAINS))
+def test_horizon_spans_hundreds_to_beyond_64k_tokens(domain, encoder):
+    short = len(encoder(validate(synth.make_trajectory(domain, 1, seed=0, index=0))))
+    long = len(encoder(validate(synth.make_trajectory(domain, LONG_HORIZON[domain], 0, 0))))
+    assert 300 < short < 1000
+    assert long > 65536
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown domain 'chess'"):
+        synth.make_trajectory("chess", 1, 0, 0)
+    with pytest.raises(ValueError, match="horizon must be >= 1"):
+        synth.make_trajectory("files", 0, 0, 0)
+
+
+def test_cli_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        synth.main(["--domain", "chess", "--horizon", "1", "--n", "1", "--out", "x"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: argument --domain: invalid choice: 'chess' (choose from 'calculator', 'files', "
+        "'kb_search') (see python -m a1jax.data.synth --help)\n")
+    with pytest.raises(A1Error, match="^cannot write /nonexistent/x.jsonl: No such file"):
+        synth.main(["--domain", "files", "--horizon", "1", "--n", "1",
+                    "--out", "/nonexistent/x.jsonl"])
