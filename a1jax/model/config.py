@@ -14,7 +14,8 @@ from a1jax.errors import A1Error
 FULL = "full_attention"
 LINEAR = "linear_attention"
 DTYPES = ("float32", "bfloat16")
-MOE_DISPATCH = ("dense", "dropless")
+MOE_DISPATCH = ("dense", "dropless", "expert_parallel")
+REMAT = ("none", "full", "dots")
 
 
 class ConfigError(A1Error):
@@ -59,6 +60,8 @@ class ModelConfig:
     deltanet_chunk_size: int = 64
     deltanet_impl: str = "chunked"  # "chunked" (training) or "recurrent" (token by token)
     moe_dispatch: str = "dropless"  # see a1jax.model.dispatch; "dense" is the reference
+    moe_capacity_factor: float = 0.0  # expert_parallel only; 0 = worst case, nothing dropped
+    remat: str = "none"  # per decoder layer: "none", "full" (save nothing), "dots" (save matmuls)
 
     def __post_init__(self) -> None:
         if self.layer_types is None:
@@ -111,6 +114,8 @@ class ModelConfig:
         if self.moe_dispatch not in MOE_DISPATCH:
             raise ConfigError(
                 f"moe_dispatch must be one of {MOE_DISPATCH}, got {self.moe_dispatch!r}")
+        if self.remat not in REMAT:
+            raise ConfigError(f"remat must be one of {REMAT}, got {self.remat!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
 
@@ -186,7 +191,7 @@ class ModelConfig:
 
 
 _NOT_HF = frozenset({"dtype", "deltanet_chunk_size", "deltanet_impl", "moe_dispatch",
-                     "rope_theta", "partial_rotary_factor"})
+                     "moe_capacity_factor", "remat", "rope_theta", "partial_rotary_factor"})
 _HF_REQUIRED = (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
     "head_dim", "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",

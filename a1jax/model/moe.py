@@ -12,12 +12,17 @@ import jax.numpy as jnp
 from a1jax.model import dispatch
 from a1jax.model.base import normal, param
 from a1jax.model.config import ModelConfig
+from a1jax.model.expert_parallel import expert_parallel
+
+DISPATCH = {"dense": dispatch.dense, "dropless": dispatch.dropless,
+            "expert_parallel": expert_parallel}
 
 
 class Routing(NamedTuple):
     weights_tk: jax.Array  # renormalised top-k probabilities, fp32
     experts_tk: jax.Array  # int32 expert ids
     probs_te: jax.Array  # full softmax, fp32 (for the load-balancing loss)
+    logits_te: jax.Array  # fp32 (for the z-loss)
 
 
 def route(x_td: jax.Array, w_router_de: jax.Array, top_k: int) -> Routing:
@@ -26,7 +31,8 @@ def route(x_td: jax.Array, w_router_de: jax.Array, top_k: int) -> Routing:
                            precision=jax.lax.Precision.HIGHEST)
     probs_te = jax.nn.softmax(logits_te, axis=-1)
     top_tk, experts_tk = jax.lax.top_k(probs_te, top_k)
-    return Routing(top_tk / jnp.sum(top_tk, axis=-1, keepdims=True), experts_tk, probs_te)
+    return Routing(top_tk / jnp.sum(top_tk, axis=-1, keepdims=True), experts_tk, probs_te,
+                   logits_te)
 
 
 class RouterStats(NamedTuple):
@@ -35,14 +41,19 @@ class RouterStats(NamedTuple):
 
     expert_fraction_e: jax.Array  # share of top-k assignments per expert (sums to top_k)
     router_prob_e: jax.Array  # mean router probability per expert (sums to 1)
+    z_loss: jax.Array  # mean squared logsumexp of the router logits
+    dropped: jax.Array  # assignments dropped for capacity (expert_parallel with a capacity)
 
 
-def router_stats(routing: Routing, valid_t: jax.Array, num_experts: int) -> RouterStats:
+def router_stats(routing: Routing, valid_t: jax.Array, num_experts: int,
+                 dropped: jax.Array) -> RouterStats:
     valid = valid_t.astype(jnp.float32)
     count = jnp.maximum(jnp.sum(valid), 1.0)
     onehot_te = jnp.sum(jax.nn.one_hot(routing.experts_tk, num_experts), axis=1)
+    z_t = jnp.square(jax.nn.logsumexp(routing.logits_te, axis=-1))
     return RouterStats(jnp.sum(onehot_te * valid[:, None], axis=0) / count,
-                       jnp.sum(routing.probs_te * valid[:, None], axis=0) / count)
+                       jnp.sum(routing.probs_te * valid[:, None], axis=0) / count,
+                       jnp.sum(z_t * valid) / count, dropped)
 
 
 class SparseMoeBlock(nn.Module):
@@ -67,14 +78,19 @@ class SparseMoeBlock(nn.Module):
         w_sgate = param(self, "shared_expert_gate", (d, 1), ("embed", None), init)
 
         b, t, _ = x_btd.shape
-        x_td = x_btd.reshape(b * t, d).astype(dtype)
+        x_td = nn.with_logical_constraint(x_btd.reshape(b * t, d).astype(dtype),
+                                          ("act_tokens", "act_embed"))
         routing = route(x_td, w_router, c.num_experts_per_tok)
         experts = {name: jnp.asarray(w, dtype) for name, w in experts.items()}
-        routed_td = dispatch.DISPATCH[c.moe_dispatch](
-            x_td, routing.weights_tk, routing.experts_tk, **experts)
+        if c.moe_dispatch == "expert_parallel":
+            routed_td, dropped = expert_parallel(x_td, routing.weights_tk, routing.experts_tk,
+                                                 **experts, capacity_factor=c.moe_capacity_factor)
+        else:
+            routed_td, dropped = DISPATCH[c.moe_dispatch](
+                x_td, routing.weights_tk, routing.experts_tk, **experts)
 
         hidden_tf = jax.nn.silu(x_td @ w_sg.astype(dtype)) * (x_td @ w_su.astype(dtype))
         shared_td = (hidden_tf @ w_sd.astype(dtype)) * jax.nn.sigmoid(x_td @ w_sgate.astype(dtype))
         out_td = routed_td.astype(dtype) + shared_td
-        stats = router_stats(routing, valid_bt.reshape(-1), e)
+        stats = router_stats(routing, valid_bt.reshape(-1), e, dropped)
         return out_td.reshape(b, t, d), stats

@@ -16,6 +16,9 @@ from a1jax.model.deltanet import GatedDeltaNet
 from a1jax.model.moe import RouterStats, SparseMoeBlock
 
 
+ACTIVATION = ("act_batch", "act_seq", "act_embed")
+
+
 class DecoderLayer(nn.Module):
     """h = x + mixer(norm_in(x)); out = h + moe(norm_post(h))."""
 
@@ -62,12 +65,22 @@ class Transformer(nn.Module):
 
         embed_xd = param(self, "embed_tokens", (c.vocab_size, c.hidden_size), ("vocab", "embed"),
                          normal(c.initializer_range))
-        x_btd = jnp.take(embed_xd, tokens_bt, axis=0).astype(dtype)
+        # Gather the (FSDP-sharded) table whole before the lookup: XLA cannot partition a gather
+        # from an embed-sharded table into batch/sequence-sharded rows, and would replicate anyway.
+        table_xd = nn.with_logical_constraint(embed_xd, (None, None))
+        x_btd = jnp.take(table_xd, tokens_bt, axis=0).astype(dtype)
+        layer_cls = DecoderLayer
+        if c.remat != "none":
+            policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+                      if c.remat == "dots" else jax.checkpoint_policies.nothing_saveable)
+            layer_cls = nn.remat(DecoderLayer, policy=policy, static_argnums=())
         stats = []
         for i, layer_type in enumerate(c.layer_types):
-            x_btd, layer_stats = DecoderLayer(c, layer_type, name=f"layers_{i}")(
+            x_btd = nn.with_logical_constraint(x_btd, ACTIVATION)
+            x_btd, layer_stats = layer_cls(c, layer_type, name=f"layers_{i}")(
                 x_btd, positions_bt, runs_bt, valid_bt)
             stats.append(layer_stats)
+        x_btd = nn.with_logical_constraint(x_btd, ACTIVATION)
         x_btd = RMSNorm(c.rms_norm_eps, name="norm")(x_btd)
         if c.tie_word_embeddings:
             w_dx = embed_xd.T

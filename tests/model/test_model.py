@@ -65,7 +65,7 @@ def test_dispatch_strategies_agree_in_outputs_and_gradients():
          zip(keys[2:], [(e, d, f), (e, d, f), (e, f, d)])]
 
     def loss(fn, x, *w):
-        return jnp.sum(jnp.sin(fn(x, weights, experts, *w)))
+        return jnp.sum(jnp.sin(fn(x, weights, experts, *w)[0]))
 
     ref, ref_grads = jax.value_and_grad(lambda *a: loss(dispatch.dense, *a), argnums=(0, 1, 2, 3))(x, *w)
     for block in (1, 4, 64):
@@ -91,7 +91,7 @@ def test_bfloat16_compute_stays_close_to_float32():
     (dict(layer_types=("full_attention",)),
      "layer_types has 1 entries but num_hidden_layers is 4"),
     (dict(num_experts_per_tok=9), "num_experts_per_tok (9) exceeds num_experts (8)"),
-    (dict(moe_dispatch="magic"), "moe_dispatch must be one of ('dense', 'dropless'), got 'magic'"),
+    (dict(moe_dispatch="magic"), "moe_dispatch must be one of ('dense', 'dropless', 'expert_parallel'), got 'magic'"),
 ])
 def test_bad_config_is_a_clear_error(change, message):
     with pytest.raises(ConfigError) as info:

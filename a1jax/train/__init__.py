@@ -1,0 +1,1 @@
+"""Training: optimizer, the pure train step and its sharded compilation."""

@@ -1,0 +1,122 @@
+"""The training step as pure functions: state init, loss, and one optimizer update.
+
+A batch is a dict of int32 [batch, time] arrays:
+    tokens       input token ids
+    targets      the token to predict at each position (the next token of the same segment)
+    loss_mask    1 where `targets` is trained (assistant tokens), else 0
+    segment_ids  packed trajectory of each token, 0 for padding
+    positions    position within the token's own segment
+The cross-entropy is summed over trained targets and divided by the number of trained targets in
+the whole global batch, so neither packing nor gradient accumulation changes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from a1jax.model import ModelConfig, Transformer
+from a1jax.model.moe import RouterStats
+
+BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def init_params(key: jax.Array, model_config: ModelConfig) -> Any:
+    """Boxed (logically named) parameters; `nn.meta.unbox` gives the arrays."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    # Dispatch does not change the parameters; a one-token init cannot be split over a mesh.
+    config = model_config.replace(moe_dispatch="dropless")
+    return Transformer(config).init(key, tokens)["params"]
+
+
+def init_state(key: jax.Array, model_config: ModelConfig,
+               optimizer: optax.GradientTransformation) -> TrainState:
+    params = nn.meta.unbox(init_params(key, model_config))
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+
+def load_balancing_loss(router: RouterStats) -> jax.Array:
+    """Switch-style loss as Qwen trains with (transformers' `load_balancing_loss_func`): the
+    assignment shares and mean probabilities pooled over layers, E * sum_e f_e * P_e."""
+    num_experts = router.expert_fraction_e.shape[-1]
+    f_e = jnp.mean(router.expert_fraction_e, axis=0)
+    p_e = jnp.mean(router.router_prob_e, axis=0)
+    return num_experts * jnp.sum(f_e * p_e)
+
+
+def cross_entropy_sum(logits_btx: jax.Array, targets_bt: jax.Array,
+                      mask_bt: jax.Array) -> jax.Array:
+    logz = jax.nn.logsumexp(logits_btx, axis=-1)
+    picked = jnp.take_along_axis(logits_btx, targets_bt[..., None], axis=-1)[..., 0]
+    return jnp.sum((logz - picked) * mask_bt)
+
+
+def loss_fn(params, batch: dict, model_config: ModelConfig, num_trained: jax.Array | None = None,
+            num_micro: int = 1, z_loss_coef: float = 0.0) -> tuple[jax.Array, dict]:
+    """(objective to differentiate, metrics) for one (micro)batch. `num_trained` is the number of
+    trained targets in the whole global batch (this batch's own count when None); router losses
+    are per microbatch and averaged over the `num_micro` microbatches."""
+    if num_trained is None:
+        num_trained = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
+    out = Transformer(model_config).apply({"params": params}, batch["tokens"],
+                                          batch["segment_ids"], batch["positions"])
+    mask = batch["loss_mask"].astype(jnp.float32)
+    ce = cross_entropy_sum(out.logits_btx, batch["targets"], mask) / num_trained
+    lb = load_balancing_loss(out.router)
+    z = jnp.mean(out.router.z_loss)
+    objective = ce + (model_config.router_aux_loss_coef * lb + z_loss_coef * z) / num_micro
+    return objective, {"loss": ce, "router_loss": lb / num_micro, "z_loss": z / num_micro,
+                       "expert_load": out.router.expert_fraction_e / num_micro,
+                       "dropped": jnp.sum(out.router.dropped)}
+
+
+def split_microbatches(batch: dict, num_micro: int) -> dict:
+    """[b, t] -> [m, b/m, t], microbatch m taking rows m, m + num_micro, ...: each device's
+    contiguous block of rows then holds an equal share of every microbatch."""
+    return {k: v.reshape(v.shape[0] // num_micro, num_micro, *v.shape[1:]).swapaxes(0, 1)
+            for k, v in batch.items()}
+
+
+def accumulate_grads(params, batch: dict, model_config: ModelConfig, microbatches: int = 1,
+                     z_loss_coef: float = 0.0) -> tuple[Any, dict]:
+    """Gradients of the global batch's objective, summed over `microbatches` (a scan), and the
+    metrics summed likewise."""
+    num_trained = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    run = lambda micro: grad_fn(params, micro, model_config, num_trained, microbatches,
+                                z_loss_coef)
+    if microbatches == 1:
+        grads, metrics = run(batch)
+    else:
+        micro = split_microbatches(batch, microbatches)
+        first = jax.tree.map(lambda x: x[0], micro)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(run, first))
+
+        def one(carry, micro):
+            return jax.tree.map(jnp.add, carry, run(micro)), None
+
+        (grads, metrics), _ = jax.lax.scan(one, zeros, micro)
+    return grads, dict(metrics, trained_tokens=num_trained)
+
+
+def train_step(state: TrainState, batch: dict, *, model_config: ModelConfig,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+               microbatches: int = 1, z_loss_coef: float = 0.0) -> tuple[TrainState, dict]:
+    """One optimizer update over the global batch. Returns the new state and the metrics."""
+    grads, metrics = accumulate_grads(state.params, batch, model_config, microbatches,
+                                      z_loss_coef)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
+    return TrainState(state.step + 1, params, opt_state), metrics

@@ -1,0 +1,153 @@
+"""Training-step throughput, MFU and memory for a model on a layout: the tool to ablate layouts.
+
+    python benchmarks/train_step.py --model bench --batch 4 --seq 1024 --steps 5
+    python benchmarks/train_step.py --model bench --layout expert --batch 8 --seq 1024
+    python benchmarks/train_step.py --model bench --mesh data=2,expert=2,sequence=2 --batch 4
+
+The batch comes from a fixed seed whatever the layout, so first-step losses compare across
+layouts. MFU is model FLOPs per second over the matmul rate this machine reaches, measured in
+the same run. The last line reads `a1jax tokens_per_s=N mfu=M first_loss=L`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="bench")
+    parser.add_argument("--layout", help="a named layout (a1jax.sharding.LAYOUTS)")
+    parser.add_argument("--mesh", help="axis sizes, e.g. data=2,expert=2,sequence=2")
+    parser.add_argument("--devices", type=int, default=8,
+                        help="simulated CPU devices for --layout/--mesh on a CPU")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--dispatch", default=None, help="dense | dropless | expert_parallel")
+    parser.add_argument("--microbatches", type=int, default=1)
+    parser.add_argument("--remat", default="none", choices=["none", "full", "dots"])
+    parser.add_argument("--layers", type=int, help="keep only the first N layers (a slice)")
+    return parser.parse_args()
+
+
+ARGS = _parse()
+if (ARGS.layout or ARGS.mesh) and "device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+                               f"device_count={ARGS.devices}").strip()
+
+import dataclasses  # noqa: E402
+import resource  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from a1jax.model import get_preset  # noqa: E402
+from a1jax.model_info import count_params  # noqa: E402
+from a1jax.sharding import MeshSpec  # noqa: E402
+from a1jax.train.optim import OptimConfig  # noqa: E402
+from a1jax.train.sharded import build_trainer  # noqa: E402
+
+
+def matmul_peak(dtype: str) -> float:
+    """FLOP/s of a large square matmul on one device, best of a few runs."""
+    n = 2048 if jax.devices()[0].platform == "cpu" else 8192
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def model_flops_per_step(config, batch: int, seq: int) -> float:
+    """6 x active matmul parameters x tokens, plus causal attention and the DeltaNet chunk work
+    (forward + backward = 3 x forward)."""
+    counts = count_params(config)
+    tokens = batch * seq
+    dense = 6 * (counts["active"] - counts["embedding"]) * tokens
+    n_full = config.layer_types.count("full_attention")
+    n_linear = config.num_hidden_layers - n_full
+    attention = 3 * n_full * 4 * config.num_attention_heads * config.head_dim * (seq / 2) * tokens
+    c, hv = config.deltanet_chunk_size, config.linear_num_value_heads
+    dk, dv = config.linear_key_head_dim, config.linear_value_head_dim
+    deltanet = 3 * n_linear * hv * tokens * (2 * c * (2 * dk + dv) + 6 * dk * dv)
+    return dense + attention + deltanet
+
+
+def main() -> None:
+    args = ARGS
+    config = get_preset(args.model)
+    changes = {"dtype": args.dtype, "remat": args.remat}
+    if args.dispatch:
+        changes["moe_dispatch"] = args.dispatch
+    if args.layers:
+        changes.update(num_hidden_layers=args.layers,
+                       layer_types=config.layer_types[:args.layers])
+    config = dataclasses.replace(config, **changes)
+    if args.layout or args.mesh:
+        axes = dict((k, int(v)) for k, v in (kv.split("=") for kv in args.mesh.split(","))) \
+            if args.mesh else None
+        spec = MeshSpec.create(layout=args.layout, axes=axes)
+        devices = None
+    else:
+        spec = MeshSpec.create(axes={"data": 1}, num_devices=1)
+        devices = jax.devices()[:1]
+    trainer = build_trainer(config, OptimConfig(warmup_fraction=0.0, total_steps=1000), spec,
+                            batch=args.batch, seq=args.seq, microbatches=args.microbatches,
+                            devices=devices)
+    rs = np.random.RandomState(0)  # the same batch whatever the layout
+    tokens = rs.randint(0, config.vocab_size, (args.batch, args.seq + 1))
+    loss_mask = np.ones((args.batch, args.seq), np.int32)
+    batch = trainer.put_batch(dict(
+        tokens=tokens[:, :-1], targets=tokens[:, 1:], loss_mask=loss_mask,
+        segment_ids=np.ones_like(loss_mask), positions=np.tile(np.arange(args.seq),
+                                                               (args.batch, 1))))
+    print(f"model {args.model} ({config.num_hidden_layers} layers, {config.dtype}, "
+          f"{config.moe_dispatch}), mesh {spec.describe()} on {len(trainer.mesh.devices.flat)} "
+          f"{jax.devices()[0].platform} device(s), batch {args.batch} x {args.seq}", flush=True)
+    state = trainer.init(jax.random.key(0))
+    start = time.perf_counter()
+    with trainer.context():
+        compiled = trainer._step.lower(state, batch).compile()
+    memory = compiled.memory_analysis()
+    print(f"compiled in {time.perf_counter() - start:.1f}s; per-device temp "
+          f"{getattr(memory, 'temp_size_in_bytes', 0) / 2**30:.2f} GiB", flush=True)
+    state, metrics = compiled(state, batch)
+    first_loss = float(metrics["loss"])
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics["loss"])
+        times.append(time.perf_counter() - start)
+    step_s = float(np.median(times))
+    tokens_per_s = args.batch * args.seq / step_s
+    peak = matmul_peak(args.dtype) * len(trainer.mesh.devices.flat)
+    if jax.devices()[0].platform == "cpu":
+        peak = matmul_peak(args.dtype)  # simulated devices share the same cores
+    flops = model_flops_per_step(config, args.batch, args.seq)
+    mfu = flops / step_s / peak
+    if jax.devices()[0].platform == "cpu":
+        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        mem = f"peak RSS {peak_mem:.2f} GiB"
+    else:
+        stats = jax.devices()[0].memory_stats() or {}
+        mem = f"peak device memory {stats.get('peak_bytes_in_use', 0) / 2**30:.2f} GiB"
+    print(f"first loss {first_loss:.4f}; step {step_s:.3f}s (median of {args.steps}); "
+          f"{tokens_per_s:,.0f} tokens/s; model {flops / 1e9:.1f} GFLOP/step; "
+          f"matmul peak {peak / 1e9:.0f} GFLOP/s; MFU {mfu:.3f}; {mem}")
+    print(f"a1jax tokens_per_s={tokens_per_s:.0f} mfu={mfu:.4f} first_loss={first_loss:.6f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
