@@ -44,6 +44,42 @@ def _prepare(q_bthk, k_bthk, v_bthv, g_bth, beta_bth):
     return q, k, v_bthv.astype(f32), g_bth.astype(f32), beta_bth.astype(f32)
 
 
+@jax.custom_vjp
+def unit_lower_inverse(lower_cc: jax.Array) -> jax.Array:
+    """(I + L)^-1 for strictly lower-triangular L (batched over leading axes), by forward
+    substitution, row by row.
+
+    Written by hand rather than with `jax.lax.linalg.triangular_solve`: on XLA's CPU backend that
+    solver is a LAPACK custom call that waits on the intra-op thread pool, and with several
+    devices (or a few cores) each waiting on the same pool the whole step deadlocks (seen here on
+    2 cores with 8 simulated devices). This form is matmuls and a loop XLA schedules itself."""
+    c = lower_cc.shape[-1]
+    a = -lower_cc
+    cols = jnp.arange(c)
+
+    def row(i, a):
+        r = a[..., i, :]  # zero from column i on, so only the finished rows < i contribute
+        new = r + jnp.einsum("...j,...jk->...k", r, a, precision=jax.lax.Precision.HIGHEST)
+        return a.at[..., i, :].set(jnp.where(cols < i, new, 0.0))
+
+    return jax.lax.fori_loop(1, c, row, a) + jnp.eye(c, dtype=lower_cc.dtype)
+
+
+def _unit_lower_inverse_fwd(lower_cc):
+    inv = unit_lower_inverse(lower_cc)
+    return inv, inv
+
+
+def _unit_lower_inverse_bwd(inv, g):
+    # d(A^-1) = -A^-1 dA A^-1, so dL = -(A^-T g A^-T), restricted to the strictly lower part.
+    hp = jax.lax.Precision.HIGHEST
+    inv_t = jnp.swapaxes(inv, -1, -2)
+    return (jnp.tril(-jnp.matmul(jnp.matmul(inv_t, g, precision=hp), inv_t, precision=hp), -1),)
+
+
+unit_lower_inverse.defvjp(_unit_lower_inverse_fwd, _unit_lower_inverse_bwd)
+
+
 def recurrent_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt,
                          initial_state_bhkv=None):
     """The gated delta rule one token at a time. Returns (o_bthv fp32, final state)."""
@@ -105,12 +141,11 @@ def chunked_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt, chunk_s
     v_beta = v * beta[..., None]
 
     hp = jax.lax.Precision.HIGHEST
-    ut = jnp.einsum("bhnik,bhnjk->bhnij", k_beta, k, precision=hp) * decay_cc
-    ut = jnp.tril(ut, -1) + jnp.eye(c, dtype=ut.dtype)
-    solve = lambda rhs: jax.lax.linalg.triangular_solve(
-        ut, rhs, left_side=True, lower=True, unit_diagonal=True)
-    u = solve(v_beta)  # new values, before the incoming state's prediction is subtracted
-    w = solve(k_beta * (jnp.exp(cum) * from_start)[..., None])  # how tokens read the old state
+    lower = jnp.tril(jnp.einsum("bhnik,bhnjk->bhnij", k_beta, k, precision=hp) * decay_cc, -1)
+    inv = unit_lower_inverse(lower)  # (I + lower)^-1, the UT transform
+    u = jnp.einsum("bhnij,bhnjv->bhniv", inv, v_beta, precision=hp)  # new values
+    w = jnp.einsum("bhnij,bhnjk->bhnik", inv, k_beta * (jnp.exp(cum) * from_start)[..., None],
+                   precision=hp)  # how tokens read the incoming state
     intra = jnp.einsum("bhnik,bhnjk->bhnij", q, k, precision=hp) * decay_cc
     q_read = q * (jnp.exp(cum) * from_start)[..., None]
     last_run = runs_nc[..., -1:]

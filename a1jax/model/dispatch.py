@@ -12,6 +12,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def dense(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj):
@@ -35,51 +36,85 @@ def dropless(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj,
                           block=block), jnp.zeros((), jnp.int32)
 
 
-def grouped_swiglu(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj,
-                   block: int = DROPLESS_BLOCK, valid_tk=None):
-    """Dropless block-sparse grouped matmul: assignments sorted by expert, each expert's group
-    padded to whole blocks of `block` rows, then one small matmul per block against that block's
-    expert weights. Cost: the routed tokens plus at most e*(block-1) padding rows.
+@jax.custom_vjp
+def take_rows(x_rd, index, valid, back_index, back_valid):
+    """`where(valid, x[index], 0)` for an injective row map, whose gradient is the gather by the
+    inverse map (`back_index`, `back_valid`) rather than a scatter-add: XLA's CPU scatter is
+    serial, and these permutations are the whole MoE's data movement."""
+    return jnp.where(valid[:, None], x_rd[index], 0)
 
-    Written by hand because `jax.lax.ragged_dot` lowers to a masked contraction over all experts on
-    XLA's CPU backend (cost of `dense`); the loop over blocks keeps the routed cost everywhere.
-    Assignments with `valid_tk` False are sorted after every expert's group and never computed."""
+
+def _take_rows_fwd(x_rd, index, valid, back_index, back_valid):
+    return take_rows(x_rd, index, valid, back_index, back_valid), (index, valid, back_index,
+                                                                  back_valid)
+
+
+def _take_rows_bwd(res, g_rd):
+    index, valid, back_index, back_valid = res
+    none = lambda a: np.zeros(a.shape, jax.dtypes.float0)
+    return (jnp.where(back_valid[:, None], g_rd[back_index], 0), none(index), none(valid),
+            none(back_index), none(back_valid))
+
+
+take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
+
+
+def grouped_swiglu(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj,
+                   block: int = DROPLESS_BLOCK, valid_tk=None, impl: str = "auto"):
+    """Dropless grouped matmul: assignments sorted by expert, each expert's SwiGLU applied to its
+    own group only, results weighted and summed back per token. Assignments with `valid_tk`
+    False are sorted after every expert's group and contribute nothing.
+
+    `impl`: "ragged" uses `jax.lax.ragged_dot` (grouped GEMM kernels on GPU and TPU); "blocks"
+    pads each group to whole blocks of `block` rows and runs one batched matmul against each
+    block's gathered expert weights. "auto" picks "blocks" on the CPU, because XLA's CPU backend
+    lowers `ragged_dot` to a masked contraction over all experts (the cost of `dense`), and
+    "ragged" elsewhere. Both cost the routed tokens (blocks: plus at most (e+1)(block-1) rows).
+    All data movement is row gathers by permutations (`take_rows`), forward and backward."""
+    if impl == "auto":
+        impl = "blocks" if jax.default_backend() == "cpu" else "ragged"
     t, k = experts_tk.shape
     e, d, _ = gate_proj.shape
     a = t * k
     flat_e = experts_tk.reshape(a)
     if valid_tk is not None:
         flat_e = jnp.where(valid_tk.reshape(a), flat_e, e)  # e: a group after the real ones
-    order = jnp.argsort(flat_e, stable=True)
+    order = jnp.argsort(flat_e, stable=True)  # sorted position -> assignment
+    inverse = jnp.argsort(order)  # assignment -> sorted position
     sorted_e = flat_e[order]
-    token_of = order // k  # assignment index -> token
+    everywhere = jnp.ones((a,), bool)
+    # Assignment i is token i // k: repeat rows k times, then permute into expert order.
+    x_ad = take_rows(jnp.repeat(x_td, k, axis=0), order, everywhere, inverse, everywhere)
     sizes = jnp.bincount(flat_e, length=e + 1)
-    padded = (sizes + block - 1) // block * block
-    padded_end = jnp.cumsum(padded)
-    start = jnp.cumsum(sizes) - sizes
-    rank = jnp.arange(a) - start[sorted_e]
-    dest = padded_end[sorted_e] - padded[sorted_e] + rank  # row of each assignment in the buffer
-    num_blocks = dropless_num_blocks(a, e, block)
-    rows = num_blocks * block
-    x_rd = jnp.zeros((rows, d), x_td.dtype).at[dest].set(x_td[token_of])
-    block_starts = jnp.arange(num_blocks) * block
-    block_expert = jnp.minimum(jnp.searchsorted(padded_end, block_starts, side="right"), e - 1)
-    used = block_starts < padded_end[e - 1]  # blocks of real experts' groups
-
-    def one_block(_, xs):
-        x_bd, expert, in_use = xs
-
-        def compute(x_bd):
-            h = (jax.nn.silu(x_bd @ gate_proj[expert]) * (x_bd @ up_proj[expert]))
-            return h @ down_proj[expert]
-
-        # Blocks past the last expert's group hold only padding: skip their matmuls.
-        return None, jax.lax.cond(in_use, compute, jnp.zeros_like, x_bd)
-
-    _, y_nbd = jax.lax.scan(one_block, None,
-                            (x_rd.reshape(num_blocks, block, d), block_expert, used))
-    y_ad = y_nbd.reshape(rows, d)[dest] * weights_tk.reshape(a)[order][:, None].astype(x_td.dtype)
-    return jnp.zeros((t, d), y_ad.dtype).at[token_of].add(y_ad)
+    if impl == "ragged":
+        group_sizes = sizes[:e].astype(jnp.int32)  # rows past the groups (invalid) give zeros
+        h = (jax.nn.silu(jax.lax.ragged_dot(x_ad, gate_proj, group_sizes))
+             * jax.lax.ragged_dot(x_ad, up_proj, group_sizes))
+        y_ad = jax.lax.ragged_dot(h, down_proj, group_sizes)
+    elif impl == "blocks":
+        padded = (sizes + block - 1) // block * block
+        padded_end = jnp.cumsum(padded)
+        start = jnp.cumsum(sizes) - sizes
+        dest = padded_end[sorted_e] - padded[sorted_e] + jnp.arange(a) - start[sorted_e]
+        num_blocks = dropless_num_blocks(a, e, block)
+        rows = jnp.arange(num_blocks * block)
+        group = jnp.minimum(jnp.searchsorted(padded_end, rows, side="right"), e)
+        offset = rows - (padded_end[group] - padded[group])
+        row_valid = offset < sizes[group]
+        row_src = jnp.where(row_valid, start[group] + offset, 0)
+        x_nbd = take_rows(x_ad, row_src, row_valid, dest, everywhere).reshape(num_blocks, block, d)
+        # Blocks past the real groups hold zeros (their expert id is clamped; output is 0).
+        block_expert = jnp.minimum(group[::block], e - 1)
+        h = (jax.nn.silu(jnp.einsum("nbd,ndf->nbf", x_nbd, gate_proj[block_expert]))
+             * jnp.einsum("nbd,ndf->nbf", x_nbd, up_proj[block_expert]))
+        y_rd = jnp.einsum("nbf,nfd->nbd", h, down_proj[block_expert]).reshape(-1, d)
+        y_ad = take_rows(y_rd, dest, everywhere, row_src, row_valid)
+    else:
+        raise ValueError(f"unknown grouped matmul impl {impl!r}")
+    if valid_tk is not None:
+        y_ad = jnp.where((sorted_e < e)[:, None], y_ad, 0)
+    y_tkd = take_rows(y_ad, inverse, everywhere, order, everywhere).reshape(t, k, d)
+    return jnp.einsum("tkd,tk->td", y_tkd, weights_tk.astype(y_tkd.dtype))
 
 
 def dropless_num_blocks(assignments: int, experts: int, block: int) -> int:
@@ -90,30 +125,12 @@ def dropless_num_blocks(assignments: int, experts: int, block: int) -> int:
 
 def dropless_compiled_flops(tokens: int, top_k: int, experts: int, d: int, f: int,
                             block: int = DROPLESS_BLOCK, dtype=jnp.float32) -> dict[str, float]:
-    """FLOPs of the compiled `dropless` layer on the current backend, from XLA's cost analysis.
-
-    XLA counts a while loop's body once, whatever its trip count; so the body (one block) is
-    compiled on its own and counted once per block of the static bound, which the compiled loop's
-    `known_trip_count` must equal. Every block is counted as executed (an upper bound: unused
-    blocks are skipped at run time)."""
-    import re
-
+    """FLOPs of the compiled `dropless` layer on the current backend (XLA's cost analysis), beside
+    the routed FLOPs (3 matmuls of d x f per token and expert it is routed to)."""
     sds = jax.ShapeDtypeStruct
     args = (sds((tokens, d), dtype), sds((tokens, top_k), jnp.float32),
             sds((tokens, top_k), jnp.int32), sds((experts, d, f), dtype),
             sds((experts, d, f), dtype), sds((experts, f, d), dtype))
     compiled = jax.jit(functools.partial(dropless, block=block)).lower(*args).compile()
-    blocks = dropless_num_blocks(tokens * top_k, experts, block)
-    trips = [int(n) for n in re.findall(r'known_trip_count":\{"n":"(\d+)"', compiled.as_text())]
-    if blocks not in trips:
-        raise RuntimeError(f"compiled dropless has no loop of {blocks} blocks (trips: {trips})")
-
-    def one_block(x_bd, g_df, u_df, d_fd):
-        return (jax.nn.silu(x_bd @ g_df) * (x_bd @ u_df)) @ d_fd
-
-    body = jax.jit(one_block).lower(sds((block, d), dtype), sds((d, f), dtype),
-                                    sds((d, f), dtype), sds((f, d), dtype)).compile()
-    outside = compiled.cost_analysis()["flops"]
-    per_block = body.cost_analysis()["flops"]
-    return {"flops": outside + (blocks - 1) * per_block, "blocks": blocks,
+    return {"flops": compiled.cost_analysis()["flops"],
             "routed_flops": 2.0 * tokens * top_k * 3 * d * f}

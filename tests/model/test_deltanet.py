@@ -69,3 +69,17 @@ def test_conv_window_resets_at_segment_start():
     out = np.asarray(causal_conv(x, w, runs))[0, :, 0]
     # token 3 (x=4) starts a segment: it sees only itself; token 6 sees x=4..7.
     np.testing.assert_array_equal(out, [1, 12, 123, 4, 45, 456, 4567, 5678])
+
+
+def test_unit_lower_inverse_and_its_gradient():
+    from a1jax.model.deltanet import unit_lower_inverse
+
+    lower = jnp.tril(0.3 * jax.random.normal(jax.random.key(0), (3, 16, 16)), -1)
+    inv = unit_lower_inverse(lower)
+    eye = np.broadcast_to(np.eye(16), (3, 16, 16))
+    np.testing.assert_allclose(np.asarray(inv) @ (np.asarray(lower) + eye), eye, atol=1e-5)
+    probe = jax.random.normal(jax.random.key(1), (3, 16, 16))
+    loss = lambda l: jnp.sum(jnp.sin(unit_lower_inverse(l) * probe))
+    reference = lambda l: jnp.sum(jnp.sin(jnp.linalg.inv(l + jnp.eye(16)) * probe))
+    np.testing.assert_allclose(jnp.tril(jax.grad(loss)(lower), -1),
+                               jnp.tril(jax.grad(reference)(lower), -1), atol=1e-4)

@@ -68,8 +68,9 @@ def test_dispatch_strategies_agree_in_outputs_and_gradients():
         return jnp.sum(jnp.sin(fn(x, weights, experts, *w)[0]))
 
     ref, ref_grads = jax.value_and_grad(lambda *a: loss(dispatch.dense, *a), argnums=(0, 1, 2, 3))(x, *w)
-    for block in (1, 4, 64):
-        fn = lambda *a, block=block: dispatch.dropless(*a, block=block)
+    for block, impl in ((1, "blocks"), (4, "blocks"), (64, "blocks"), (0, "ragged")):
+        fn = lambda *a, block=block, impl=impl: (
+            dispatch.grouped_swiglu(*a, block=block, impl=impl), 0)
         out, grads = jax.value_and_grad(lambda *a: loss(fn, *a), argnums=(0, 1, 2, 3))(x, *w)
         np.testing.assert_allclose(out, ref, rtol=1e-5)
         for g, rg in zip(grads, ref_grads):
@@ -82,7 +83,11 @@ def test_bfloat16_compute_stays_close_to_float32():
     f32 = _logits(TINY, params, tokens)
     bf16 = _logits(dataclasses.replace(TINY, dtype="bfloat16"), params, tokens)
     assert bf16.dtype == np.float32  # logits come out in fp32 whatever the compute dtype
-    assert np.abs(bf16 - f32).max() < 0.1 * np.abs(f32).max()
+    # Relative RMS, not max: a near-tie in the router may pick another expert for one token.
+    # The residual stream is bf16 too (as in transformers' bf16 models): a few % after 4 layers.
+    rms = lambda x: np.sqrt(np.mean(np.square(x)))
+    assert rms(bf16 - f32) < 0.08 * rms(f32)
+    assert rms(bf16 - f32) > 1e-4 * rms(f32)  # bf16 was really used
 
 
 @pytest.mark.parametrize("change, message", [
