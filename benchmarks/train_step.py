@@ -119,8 +119,7 @@ def main() -> None:
           f"{jax.devices()[0].platform} device(s), batch {args.batch} x {args.seq}", flush=True)
     state = trainer.init(jax.random.key(0))
     start = time.perf_counter()
-    with trainer.context():
-        compiled = trainer._step.lower(state, batch).compile()
+    compiled = trainer.lower(state, batch).compile()
     memory = compiled.memory_analysis()
     print(f"compiled in {time.perf_counter() - start:.1f}s; per-device temp "
           f"{getattr(memory, 'temp_size_in_bytes', 0) / 2**30:.2f} GiB", flush=True)
