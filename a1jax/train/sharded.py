@@ -53,6 +53,11 @@ class Trainer:
         return {k: jax.device_put(np.asarray(batch[k], np.int32), self.batch_sharding)
                 for k in BATCH_KEYS}
 
+    def abstract_state(self) -> TrainState:
+        """The state's shapes and dtypes, without allocating it (for ahead-of-time compiles)."""
+        with self.context():
+            return jax.eval_shape(self._init, jax.random.key(0))
+
     def lower(self, state_shapes: Any, batch_shapes: dict):
         with self.context():
             return self._step.lower(state_shapes, batch_shapes)

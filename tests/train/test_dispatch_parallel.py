@@ -37,8 +37,7 @@ def _compiled_step_text(config, spec, batch_size=8, seq=32):
     from a1jax.train.sharded import build_trainer
 
     trainer = build_trainer(config, OptimConfig(), spec, batch=batch_size, seq=seq)
-    with trainer.context():
-        state = jax.eval_shape(trainer._init, jax.random.key(0))
+    state = trainer.abstract_state()
     batch = {k: jax.ShapeDtypeStruct((batch_size, seq), np.int32) for k in
              ("tokens", "targets", "loss_mask", "segment_ids", "positions")}
     return trainer.lower(state, batch).compile().as_text()
