@@ -11,10 +11,6 @@ import dataclasses
 import os
 import time
 
-# See benchmarks/train_step.py: a single-device CPU client was seen to stall on 2-core machines.
-if "device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_force_host_platform_device_count=8").strip()
 
 import jax
 import jax.numpy as jnp

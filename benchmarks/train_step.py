@@ -36,8 +36,7 @@ def _parse() -> argparse.Namespace:
 
 
 ARGS = _parse()
-# Always simulate several CPU devices, even for a one-device run: on 2-core machines JAX's CPU
-# client with a single device was seen to stall this step for minutes (several devices do not).
+# Layouts need several devices; on a CPU they are simulated (a one-device run uses the first).
 if "device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
                                f"device_count={ARGS.devices}").strip()
