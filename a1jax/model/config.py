@@ -132,6 +132,21 @@ class ModelConfig:
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
+    # ---- a1jax's own JSON form (checkpoints) ----------------------------------------------
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Every field, a1jax's computing choices included (what a checkpoint records)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_json_dict(cls, raw: Mapping[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise ConfigError(f"unknown model config field(s): {', '.join(unknown)}")
+        return cls(**raw)
+
     # ---- Hugging Face config.json ------------------------------------------------------------
 
     def to_hf_dict(self) -> dict[str, Any]:
