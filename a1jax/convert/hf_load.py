@@ -16,13 +16,15 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, which safetensor
 import numpy as np
 from safetensors import safe_open
 
-from a1jax.convert.mapping import entries, full_name
+from a1jax.convert.mapping import Entry, entries, full_name
 from a1jax.errors import A1Error
 from a1jax.model.config import ConfigError, ModelConfig
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 NOT_TEXT_PREFIXES = ("model.visual.", "mtp.", "model.mtp.")
+# Floating dtypes a text-model tensor may be stored in (safetensors' names).
+FLOAT_DTYPES = ("F32", "BF16", "F16")
 
 
 class LoadError(A1Error):
@@ -89,13 +91,36 @@ class SafetensorsDir:
         return self._open[filename]
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._file(name).get_slice(name).get_shape())
+        return tuple(self._slice(name).get_shape())
+
+    def dtype(self, name: str) -> str:
+        """safetensors' dtype name: "F32", "BF16", ..."""
+        return self._slice(name).get_dtype()
+
+    def _slice(self, name: str):
+        try:
+            return self._file(name).get_slice(name)
+        except Exception as e:  # a shard whose header lacks a tensor the index puts there
+            raise LoadError(f"{self.path}: cannot read tensor {name} from "
+                            f"{self.weight_map[name]}: {e}") from None
 
     def get(self, name: str) -> np.ndarray:
         try:
             return self._file(name).get_tensor(name)
         except Exception as e:  # a truncated or corrupt shard
             raise LoadError(f"{self.path}: cannot read tensor {name}: {e}") from None
+
+    def get_box(self, name: str, box: tuple[slice, ...]) -> np.ndarray:
+        """A box of one tensor; only its bytes are read (the file is memory-mapped)."""
+        try:
+            return self._slice(name)[box]
+        except LoadError:
+            raise
+        except Exception as e:
+            raise LoadError(f"{self.path}: cannot read tensor {name}: {e}") from None
+
+    def close(self) -> None:
+        self._open.clear()
 
 
 def detect_layout(names: Iterable[str]) -> tuple[str, str]:
@@ -107,20 +132,19 @@ def detect_layout(names: Iterable[str]) -> tuple[str, str]:
     return prefix, "per_expert" if per_expert else "fused"
 
 
-def load_params(path: str, config: ModelConfig | None = None,
-                dtype: Any = np.float32) -> tuple[ModelConfig, dict, LoadReport]:
-    """Reads a Hugging Face directory into an a1jax params tree of numpy arrays of `dtype`.
+def match_tensors(store: SafetensorsDir, config: ModelConfig) -> tuple[list[Entry], LoadReport]:
+    """Every a1jax parameter's entry, with `hf_names` made full (prefix included), checked from the
+    shard headers alone before anything is read.
 
     Raises LoadError naming the tensor when a tensor is missing, has a shape the config does not
-    give it, or is neither part of the text model nor a known vision / MTP tensor."""
-    config = config or read_config(path)
-    store = SafetensorsDir(path)
+    give it or a dtype that is not floating point, or is neither part of the text model nor a
+    known vision / MTP tensor."""
+    path = store.path
     prefix, layout = detect_layout(store.names())
-    params: dict = {}
+    matched: list[Entry] = []
     used: set[str] = set()
     for entry in entries(config, per_expert=layout == "per_expert"):
-        names = [full_name(n, prefix) for n in entry.hf_names]
-        tensors = []
+        names = tuple(full_name(n, prefix) for n in entry.hf_names)
         for name, expected in zip(names, entry.hf_shapes):
             if name not in store.weight_map:
                 raise LoadError(f"{path}: tensor {name} is missing")
@@ -128,9 +152,12 @@ def load_params(path: str, config: ModelConfig | None = None,
             if shape != expected:
                 raise LoadError(f"{path}: tensor {name} has shape {list(shape)} but the config "
                                 f"gives it {list(expected)}")
-            tensors.append(store.get(name))
+            dtype = store.dtype(name)
+            if dtype not in FLOAT_DTYPES:
+                raise LoadError(f"{path}: tensor {name} has dtype {dtype}; expected one of "
+                                f"{', '.join(FLOAT_DTYPES)}")
             used.add(name)
-        _set(params, entry.path, np.asarray(entry.to_a1(*tensors), dtype=dtype))
+        matched.append(dataclasses.replace(entry, hf_names=names))
     rest = sorted(set(store.names()) - used)
     not_text = [n for n in rest if n.startswith(NOT_TEXT_PREFIXES)]
     if config.tie_word_embeddings and "lm_head.weight" in rest:
@@ -139,7 +166,23 @@ def load_params(path: str, config: ModelConfig | None = None,
     if unknown:
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
         raise LoadError(f"{path}: unknown tensor {unknown[0]}{more}: not part of this model")
-    return config, params, LoadReport(prefix, layout, not_text)
+    return matched, LoadReport(prefix, layout, not_text)
+
+
+def load_params(path: str, config: ModelConfig | None = None,
+                dtype: Any = np.float32) -> tuple[ModelConfig, dict, LoadReport]:
+    """Reads a Hugging Face directory into an a1jax params tree of numpy arrays of `dtype`
+    (the whole model in memory: for small models and tests; `a1jax.convert.hf_import` streams).
+
+    Raises LoadError as `match_tensors` does."""
+    config = config or read_config(path)
+    store = SafetensorsDir(path)
+    matched, report = match_tensors(store, config)
+    params: dict = {}
+    for entry in matched:
+        tensors = [store.get(name) for name in entry.hf_names]
+        _set(params, entry.path, np.asarray(entry.to_a1(*tensors), dtype=dtype))
+    return config, params, report
 
 
 def _set(tree: dict, path: tuple[str, ...], value) -> None:

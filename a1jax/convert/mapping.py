@@ -8,7 +8,8 @@ two forms and the reshape between them are written once here; import and export 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator
+import math
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -26,21 +27,50 @@ class Entry:
     hf_shapes: tuple[tuple[int, ...], ...]
     to_a1: Callable[..., Array]  # (*hf tensors) -> a1jax array
     to_hf: Callable[[Array], tuple[Array, ...]]  # a1jax array -> hf tensors
+    # The same map as `to_a1`, as geometry, so that a block of the a1jax array can be read
+    # without the whole HF tensor (see `read_block`).
+    shape: tuple[int, ...] = ()  # of the a1jax array
+    placement: "Placement | None" = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where each a1jax element sits in the Hugging Face tensor: a1jax element `m` is HF element
+    `[offset[j] + sum(stride[i] * m[i] for i with axis[i] == j) for each HF axis j]`.
+
+    An a1jax dim with axis None selects among the entry's HF tensors instead (the per-expert
+    layout: one tensor per expert)."""
+
+    axis: tuple[int | None, ...]  # per a1jax dim
+    stride: tuple[int, ...]  # per a1jax dim
+    offset: tuple[int, ...]  # per HF axis
 
 
 def _t(w: Array) -> Array:
     return np.swapaxes(w, -1, -2)
 
 
+def _identity(ndim: int) -> Placement:
+    return Placement(tuple(range(ndim)), (1,) * ndim, (0,) * ndim)
+
+
 def _same(path, name, shape):
-    return Entry(path, (name,), (shape,), lambda w: w, lambda w: (w,))
+    return Entry(path, (name,), (shape,), lambda w: w, lambda w: (w,), shape, _identity(len(shape)))
 
 
 def _linear(path, name, hf_shape, a1_shape):
     """HF [out, in] <-> a1jax [in, out], with `in` or `out` split per head as `a1_shape` says."""
     out_dim, in_dim = hf_shape
+    # a1jax dims [:k] flatten (row-major) to HF axis 1 (in), dims [k:] to HF axis 0 (out).
+    k = next(k for k in range(1, len(a1_shape)) if math.prod(a1_shape[:k]) == in_dim)
+    strides = _row_major(a1_shape[:k]) + _row_major(a1_shape[k:])
+    placement = Placement((1,) * k + (0,) * (len(a1_shape) - k), strides, (0, 0))
     return Entry(path, (name,), (hf_shape,), lambda w: _t(w).reshape(a1_shape),
-                 lambda w: (_t(w.reshape(in_dim, out_dim)),))
+                 lambda w: (_t(w.reshape(in_dim, out_dim)),), tuple(a1_shape), placement)
+
+
+def _row_major(shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))
 
 
 def _attention(c: ModelConfig, lp: tuple[str, ...], hp: str) -> Iterator[Entry]:
@@ -63,7 +93,8 @@ def _deltanet(c: ModelConfig, lp: tuple[str, ...], hp: str) -> Iterator[Entry]:
     yield _linear(p + ("in_proj_b",), hp + "in_proj_b.weight", (hv, d), (d, hv))
     yield _linear(p + ("in_proj_a",), hp + "in_proj_a.weight", (hv, d), (d, hv))
     yield Entry(p + ("conv1d",), (hp + "conv1d.weight",), ((ch, 1, w),),
-                lambda x: _t(x[:, 0, :]), lambda x: (_t(x)[:, None, :],))
+                lambda x: _t(x[:, 0, :]), lambda x: (_t(x)[:, None, :],),
+                (w, ch), Placement((2, 0), (1, 1), (0, 0, 0)))
     yield _same(p + ("A_log",), hp + "A_log", (hv,))
     yield _same(p + ("dt_bias",), hp + "dt_bias", (hv,))
     yield _same(p + ("norm",), hp + "norm.weight", (dv,))
@@ -80,14 +111,18 @@ def _moe(c: ModelConfig, lp: tuple[str, ...], hp: str, per_expert: bool) -> Iter
             names = tuple(f"{hp}experts.{i}.{proj}.weight" for i in range(e))
             yield Entry(p + (f"experts_{proj}",), names, (shape,) * e,
                         lambda *ws: _t(np.stack(ws)),
-                        lambda x: tuple(_t(x)))
+                        lambda x: tuple(_t(x)),
+                        (e, shape[1], shape[0]), Placement((None, 1, 0), (1, 1, 1), (0, 0)))
     else:
+        # a1jax [e, d, f] <- HF gate_up_proj [e, 2f, d]: gate is rows [0, f), up rows [f, 2f).
         yield Entry(p + ("experts_gate_proj",), (hp + "experts.gate_up_proj",), ((e, 2 * f, d),),
-                    lambda w: _t(w[:, :f]), None)
+                    lambda w: _t(w[:, :f]), None,
+                    (e, d, f), Placement((0, 2, 1), (1, 1, 1), (0, 0, 0)))
         yield Entry(p + ("experts_up_proj",), (hp + "experts.gate_up_proj",), ((e, 2 * f, d),),
-                    lambda w: _t(w[:, f:]), None)
+                    lambda w: _t(w[:, f:]), None,
+                    (e, d, f), Placement((0, 2, 1), (1, 1, 1), (0, f, 0)))
         yield Entry(p + ("experts_down_proj",), (hp + "experts.down_proj",), ((e, d, f),),
-                    _t, lambda x: (_t(x),))
+                    _t, lambda x: (_t(x),), (e, f, d), Placement((0, 2, 1), (1, 1, 1), (0, 0, 0)))
     yield _linear(p + ("shared_gate_proj",), hp + "shared_expert.gate_proj.weight", (fs, d), (d, fs))
     yield _linear(p + ("shared_up_proj",), hp + "shared_expert.up_proj.weight", (fs, d), (d, fs))
     yield _linear(p + ("shared_down_proj",), hp + "shared_expert.down_proj.weight", (d, fs), (fs, d))
@@ -130,6 +165,46 @@ def to_hf_tensors(params: dict, c: ModelConfig, prefix: str = "model.") -> dict[
         out[full_name(name, prefix)] = np.ascontiguousarray(np.concatenate(
             [halves["experts_gate_proj"], halves["experts_up_proj"]], axis=1))
     return out
+
+
+def read_block(entry: Entry, index: tuple[slice, ...],
+               read: Callable[[str, tuple[slice, ...]], Array]) -> Array:
+    """`entry.to_a1(*hf tensors)[index]` without reading whole HF tensors: `read(name, slices)`
+    returns a box of one HF tensor, and only the bounding box of the wanted elements is read (the
+    exact elements when a sharded dim is the outermost of a head split, as layouts shard them).
+
+    `index` holds unit-step slices, one per a1jax dim (what `jax.make_array_from_callback` gives).
+    """
+    p = entry.placement
+    bounds = [s.indices(n)[:2] for s, n in zip(index, entry.shape)]
+    select = [i for i, a in enumerate(p.axis) if a is None]
+    if select:  # one HF tensor per position along this dim (the per-expert layout)
+        (i,) = select
+        rest = Placement(p.axis[:i] + p.axis[i + 1:], p.stride[:i] + p.stride[i + 1:], p.offset)
+        inner = index[:i] + index[i + 1:]
+        blocks = [read_block(dataclasses.replace(entry, hf_names=(entry.hf_names[t],),
+                                                 shape=entry.shape[:i] + entry.shape[i + 1:],
+                                                 placement=rest), inner, read)
+                  for t in range(*bounds[i])]
+        return np.stack(blocks, axis=i)
+    groups = [[i for i, a in enumerate(p.axis) if a == j] for j in range(len(p.offset))]
+    boxes, positions = [], []
+    for j, group in enumerate(groups):
+        lo = p.offset[j] + sum(p.stride[i] * bounds[i][0] for i in group)
+        hi = p.offset[j] + sum(p.stride[i] * (bounds[i][1] - 1) for i in group) + 1
+        boxes.append(slice(lo, hi))
+        # The HF positions of the wanted elements along axis j, row-major over the group's dims.
+        pos = np.zeros((), np.int64)
+        for i in group:
+            pos = pos[..., None] + p.stride[i] * np.arange(*bounds[i])
+        positions.append(pos.ravel() + p.offset[j] - lo)
+    block = read(entry.hf_names[0], tuple(boxes))
+    for j, pos in enumerate(positions):
+        if len(pos) != block.shape[j] or (len(pos) and pos[-1] != len(pos) - 1):
+            block = np.take(block, pos, axis=j)
+    counts = [bounds[i][1] - bounds[i][0] for group in groups for i in group]
+    order = [i for group in groups for i in group]
+    return np.transpose(block.reshape(counts), np.argsort(order))
 
 
 def full_name(name: str, prefix: str) -> str:
