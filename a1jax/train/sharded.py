@@ -21,7 +21,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from a1jax.model import ModelConfig
 from a1jax.sharding.mesh import MeshSpec, logical_spec, make_mesh, param_shardings, validate_layout
 from a1jax.train.optim import OptimConfig, make_optimizer
-from a1jax.train.step import BATCH_KEYS, TrainState, init_params, init_state, train_step
+from a1jax.train.step import (BATCH_KEYS, TrainState, eval_step, init_params, init_state,
+                              train_step)
 
 
 @dataclasses.dataclass
@@ -33,6 +34,7 @@ class Trainer:
     batch_sharding: NamedSharding
     _init: Callable
     _step: Callable
+    _eval: Callable
 
     @contextlib.contextmanager
     def context(self):
@@ -48,9 +50,21 @@ class Trainer:
         with self.context():
             return self._step(state, batch)
 
+    def evaluate(self, params: Any, batch: dict) -> dict:
+        with self.context():
+            return self._eval(params, batch)
+
     def put_batch(self, batch: dict) -> dict:
-        """Host arrays -> global arrays laid out as the step expects (single process)."""
-        return {k: jax.device_put(np.asarray(batch[k], np.int32), self.batch_sharding)
+        """Host arrays -> global arrays laid out as the step expects. With one process `batch`
+        is the global batch; with several, each passes its own rows (the global batch's rows
+        in process order, as the data pipeline's `shard_index` reads them)."""
+        if jax.process_count() == 1:
+            return {k: jax.device_put(np.asarray(batch[k], np.int32), self.batch_sharding)
+                    for k in BATCH_KEYS}
+        rows = np.asarray(batch["tokens"]).shape[0]
+        shape = (rows * jax.process_count(), np.asarray(batch["tokens"]).shape[1])
+        return {k: jax.make_array_from_process_local_data(
+                    self.batch_sharding, np.asarray(batch[k], np.int32), shape)
                 for k in BATCH_KEYS}
 
     def abstract_state(self) -> TrainState:
@@ -90,4 +104,6 @@ def build_trainer(model_config: ModelConfig, optim_config: OptimConfig, spec: Me
                           z_loss_coef=z_loss_coef),
         in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, replicated),
         donate_argnums=0)
-    return Trainer(mesh, spec, model_config, state_sharding, batch_sharding, init, step)
+    evaluate = jax.jit(functools.partial(eval_step, model_config=model_config),
+                       in_shardings=(p_shard, batch_sharding), out_shardings=replicated)
+    return Trainer(mesh, spec, model_config, state_sharding, batch_sharding, init, step, evaluate)

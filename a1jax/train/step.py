@@ -113,10 +113,30 @@ def accumulate_grads(params, batch: dict, model_config: ModelConfig, microbatche
 def train_step(state: TrainState, batch: dict, *, model_config: ModelConfig,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                microbatches: int = 1, z_loss_coef: float = 0.0) -> tuple[TrainState, dict]:
-    """One optimizer update over the global batch. Returns the new state and the metrics."""
+    """One optimizer update over the global batch. Returns the new state and the metrics.
+
+    A step whose loss or gradient norm is not finite keeps the old parameters and optimizer
+    state (metrics["skipped"] = 1); `step` counts batches consumed either way, so a skipped batch
+    is not retried. Whether to go on or stop is the runner's choice."""
     grads, metrics = accumulate_grads(state.params, batch, model_config, microbatches,
                                       z_loss_coef)
+    grad_norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree.map(keep, params, state.params)
+    opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+    metrics = dict(metrics, grad_norm=grad_norm, learning_rate=schedule(state.step),
+                   skipped=(~finite).astype(jnp.int32))
     return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def eval_step(params, batch: dict, *, model_config: ModelConfig) -> dict:
+    """Summed cross-entropy over the trained targets and their count (mean = sum / count over
+    every eval batch, whatever the packing)."""
+    out = Transformer(model_config).apply({"params": params}, batch["tokens"],
+                                          batch["segment_ids"], batch["positions"])
+    mask = batch["loss_mask"].astype(jnp.float32)
+    return {"loss_sum": cross_entropy_sum(out.logits_btx, batch["targets"], mask),
+            "count": jnp.sum(mask)}

@@ -1,0 +1,245 @@
+"""The experiment config: every key a stage file may set, and how the runner reads them.
+
+An experiment file (`experiments/...py`) defines `get_config(arg)`; it starts from `base()` here,
+which declares every key with its default, and changes what its recipe needs. The ConfigDict is
+locked, so a misspelt key (in the file or on the command line, `--config.optim.lr=...`) is an
+error before anything is built. `arg` is the text after the file's colon on the command line,
+`name=value` pairs separated by commas:
+
+    python -m a1jax.train --config experiments/curriculum/stage1_foundation.py:model=tiny,smoke=True
+
+The model is a preset name plus overrides; the preset's dimensions are the model's unless
+`init_from` is a Hugging Face directory, whose config.json must then agree with them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Mapping
+
+import ml_collections
+from ml_collections import config_dict
+
+from a1jax.errors import A1Error
+from a1jax.model import ModelConfig, get_preset
+from a1jax.model.presets import PRESETS
+from a1jax.sharding import MeshSpec
+from a1jax.train.optim import OptimConfig
+
+
+class ExperimentError(A1Error):
+    """An experiment config that cannot run, found before anything is compiled."""
+
+
+# Synthetic domains the demo's data generator knows (a1jax.data.synth).
+DOMAINS = ("kb_search", "calculator", "files")
+
+
+def base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.stage = "experiment"  # its name; the workdir's checkpoints are checked against it
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "tiny"  # a1jax.model.presets: tiny, bench, agents_a1_35b
+    # Overrides of the preset (None: the preset's value). Anything else in ModelConfig can be
+    # set through `extra`, "field=value,field=value".
+    c.model.vocab_size = config_dict.placeholder(int)
+    c.model.dtype = config_dict.placeholder(str)  # float32 | bfloat16 (compute)
+    c.model.moe_dispatch = config_dict.placeholder(str)  # dense | dropless | expert_parallel
+    c.model.moe_capacity_factor = config_dict.placeholder(float)
+    c.model.remat = config_dict.placeholder(str)  # none | full | dots
+    c.model.extra = ""
+
+    # "" (random), a Hugging Face directory (stage 1 from Qwen3.5-35B-A3B), or an a1jax checkpoint:
+    # a run's workdir, its checkpoints/ directory, or one step directory. Only the parameters are
+    # taken; the optimizer starts fresh.
+    c.init_from = ""
+    c.requires_init = False  # stages after the first: refuse to start from random weights
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.layout = "fsdp"  # a1jax.sharding.layouts.LAYOUTS, or "" to use `axes` alone
+    c.mesh.axes = ""  # "data=2,expert=2,sequence=2" (one may be -1: the rest of the devices)
+    c.mesh.rules = ""  # overrides of the logical rules: "act_seq=sequence;embed=data+expert"
+
+    c.data = ml_collections.ConfigDict()
+    # A dataset written by `python -m a1jax.data.prepare`: its TFDS data directory (holding
+    # trajectory_dataset/) or the version directory itself. "": synthetic trajectories are
+    # generated into WORKDIR/data (domains of the mixture, horizons in the range below).
+    c.data.dir = ""
+    c.data.tokenizer = ""  # tokenizer directory; "": the one a1jax ships
+    c.data.mixture = ml_collections.ConfigDict({d: 1.0 / len(DOMAINS) for d in DOMAINS})
+    c.data.horizon_min = 1  # tool-call steps per synthetic trajectory
+    c.data.horizon_max = 3
+    c.data.synthetic_per_domain = 64
+    c.data.eval_fraction = 0.1
+    c.data.length_policy = "truncate"  # drop | truncate (a trajectory longer than seq_len)
+    c.data.eval_batches = 2  # held-out batches per eval
+
+    c.seq_len = 1024
+    c.batch_size = 8  # sequences per optimizer step, all processes together
+    c.microbatches = 1
+    c.steps = 100
+    c.token_budget = 0  # > 0: steps = ceil(token_budget / (batch_size * seq_len))
+
+    c.optim = ml_collections.ConfigDict(dataclasses.asdict(OptimConfig()))
+    del c.optim.total_steps  # the stage's steps
+    c.z_loss_coef = 0.0
+
+    c.log_every = 5
+    c.eval_every = 25
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 25
+    c.checkpoint.keep = 2  # the latest K, plus the stage's final step, always kept
+    c.checkpoint.async_save = True
+
+    # A step whose loss or gradient norm is NaN or infinite: "skip" (the update is not applied,
+    # the step is counted as skipped; more than `max_skipped` stops the run) or "stop" (the run
+    # stops with a message; the last checkpoint stays the last good state).
+    c.nonfinite = "skip"
+    c.max_skipped = 10
+    c.lock()
+    return c
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
+    """`"model=tiny,smoke=True"` -> {"model": "tiny", "smoke": True}, typed like `defaults`
+    and limited to their names (a misspelt argument is an error)."""
+    out = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in defaults:
+            raise ExperimentError(f"unknown experiment argument {item!r}; arguments are "
+                                  f"{', '.join(f'{k}=' for k in defaults)}")
+        kind = type(defaults[name])
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ExperimentError(f"experiment argument {name} takes True or False")
+            out[name] = value.lower() in ("true", "1")
+        else:
+            try:
+                out[name] = kind(value)
+            except ValueError:
+                raise ExperimentError(f"experiment argument {name}={value!r} is not a "
+                                      f"{kind.__name__}") from None
+    return out
+
+
+def _pairs(text: str, what: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in filter(None, (s.strip() for s in text.replace(";", ",").split(","))):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ExperimentError(f"{what}: {item!r} is not name=value")
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
+    if c.model.preset not in PRESETS:
+        raise ExperimentError(f"model.preset {c.model.preset!r} is unknown; known: "
+                              f"{', '.join(PRESETS)}")
+    changes: dict[str, Any] = {k: c.model[k] for k in
+                               ("vocab_size", "dtype", "moe_dispatch", "moe_capacity_factor",
+                                "remat") if c.model[k] is not None}
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    for name, value in _pairs(c.model.extra, "model.extra"):
+        if name not in fields:
+            raise ExperimentError(f"model.extra names unknown model field {name!r}")
+        try:
+            changes[name] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[name] = value
+    try:
+        return get_preset(c.model.preset).replace(**changes)
+    except (TypeError, A1Error) as e:
+        raise ExperimentError(f"model config: {e}") from None
+
+
+def mesh_spec(c: ml_collections.ConfigDict, num_devices: int | None = None) -> MeshSpec:
+    axes = {}
+    for name, value in _pairs(c.mesh.axes, "mesh.axes"):
+        try:
+            axes[name] = int(value)
+        except ValueError:
+            raise ExperimentError(f"mesh.axes: size of {name} must be an integer, got "
+                                  f"{value!r}") from None
+    rules = [(name, tuple(value.split("+")) if "+" in value else (value or None))
+             for name, value in _pairs(c.mesh.rules, "mesh.rules")]
+    if not c.mesh.layout and not axes:
+        raise ExperimentError("set mesh.layout or mesh.axes")
+    return MeshSpec.create(c.mesh.layout or None, axes or None, rules, num_devices)
+
+
+def num_steps(c: ml_collections.ConfigDict) -> int:
+    if c.token_budget > 0:
+        per_step = c.batch_size * c.seq_len
+        return -(-c.token_budget // per_step)
+    if c.steps <= 0:
+        raise ExperimentError(f"steps must be positive, got {c.steps}")
+    return c.steps
+
+
+def optim_config(c: ml_collections.ConfigDict) -> OptimConfig:
+    return OptimConfig(total_steps=num_steps(c), **c.optim.to_dict())
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """The checks that need no devices and no data."""
+    if c.nonfinite not in ("skip", "stop"):
+        raise ExperimentError(f"nonfinite must be 'skip' or 'stop', got {c.nonfinite!r}")
+    for key in ("seq_len", "batch_size", "microbatches", "log_every", "eval_every",
+                "checkpoint.every", "checkpoint.keep", "data.eval_batches"):
+        node, _, leaf = key.rpartition(".")
+        value = (c[node] if node else c)[leaf]
+        if value <= 0:
+            raise ExperimentError(f"{key} must be positive, got {value}")
+    unknown = sorted(set(c.data.mixture) - set(DOMAINS)) if not c.data.dir else []
+    if unknown:
+        raise ExperimentError(f"data.mixture names {unknown[0]!r}, which the synthetic "
+                              f"generator does not know ({', '.join(DOMAINS)}); set data.dir "
+                              "to a prepared dataset for other domains")
+    if not 1 <= c.data.horizon_min <= c.data.horizon_max:
+        raise ExperimentError(f"data horizon range [{c.data.horizon_min}, "
+                              f"{c.data.horizon_max}] is empty")
+    config = model_config(c)
+    if c.seq_len > config.max_position_embeddings:
+        raise ExperimentError(
+            f"seq_len {c.seq_len} exceeds the model's native context "
+            f"max_position_embeddings={config.max_position_embeddings}; extending it needs RoPE "
+            "scaling, which a1jax does not implement yet")
+    num_steps(c)
+
+
+def identity(c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What makes two runs the same experiment (a workdir's checkpoints must match it):
+    the stage, the model, the data and the step's shape; not steps, logging or layout, which a
+    resumed run may change."""
+    return {"stage": c.stage, "model": model_config(c).replace(
+                moe_dispatch="dropless", remat="none").to_json_dict(),
+            "seed": c.seed, "seq_len": c.seq_len, "batch_size": c.batch_size,
+            "data": {"dir": c.data.dir, "mixture": c.data.mixture.to_dict(),
+                     "horizon": [c.data.horizon_min, c.data.horizon_max]}}
+
+
+def fingerprint(c: ml_collections.ConfigDict) -> str:
+    return hashlib.sha256(json.dumps(identity(c), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def smoke(c: ml_collections.ConfigDict) -> None:
+    """A handful of steps on tiny data: seconds, for checks."""
+    c.steps = 4
+    c.token_budget = 0
+    c.seq_len = min(c.seq_len, 2048)
+    c.data.synthetic_per_domain = 12
+    c.data.eval_batches = 1
+    c.log_every = 1
+    c.eval_every = 2
+    c.checkpoint.every = 2
+
+
+def as_json(c: ml_collections.ConfigDict) -> Mapping[str, Any]:
+    return json.loads(c.to_json())

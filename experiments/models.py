@@ -1,0 +1,46 @@
+"""How each model preset runs: mesh layout, MoE dispatch, compute dtype, and where it starts.
+
+`tiny` runs on the 8 simulated CPU devices of any developer machine (the demo and tests);
+`bench` is the CPU benchmark size; `agents_a1_35b` is Qwen3.5-35B-A3B on one node of 8 GPUs with
+141 GB (H200) each. Stage files look these up with `apply(config, model)`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# The Qwen3.5-35B-A3B checkpoint stage 1 starts from: a local Hugging Face directory (fused or
+# per-expert layout, text-only or the vision-language release).
+QWEN35_35B_A3B = "checkpoints/Qwen3.5-35B-A3B"
+
+MODELS = {
+    "tiny": dict(
+        # The shipped demo tokenizer has 4096 tokens (the preset's 512 is for unit tests).
+        vocab_size=4096, dtype="float32", moe_dispatch="expert_parallel", remat="none",
+        layout="", axes="data=2,expert=2,sequence=2", init_from="",
+    ),
+    "bench": dict(
+        vocab_size=4096, dtype="float32", moe_dispatch="dropless", remat="none",
+        layout="fsdp", axes="", init_from="",
+    ),
+    "agents_a1_35b": dict(
+        # bf16 compute (fp32 master weights and Adam state, sharded FSDP-style over all 8 GPUs),
+        # every decoder layer rematerialised: at 131K tokens activations dominate memory.
+        vocab_size=None, dtype="bfloat16", moe_dispatch="expert_parallel", remat="full",
+        layout="expert_sequence", axes="", init_from=QWEN35_35B_A3B,
+    ),
+}
+
+
+def apply(config: ml_collections.ConfigDict, model: str) -> None:
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    m = MODELS[model]
+    config.model.preset = model
+    config.model.vocab_size = m["vocab_size"]
+    config.model.dtype = m["dtype"]
+    config.model.moe_dispatch = m["moe_dispatch"]
+    config.model.remat = m["remat"]
+    config.mesh.layout = m["layout"]
+    config.mesh.axes = m["axes"]
+    config.init_from = m["init_from"]
