@@ -202,7 +202,7 @@ def _carried_tensor(store: SafetensorsDir, name: str) -> sts.TensorPlan:
         row = max(1, int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize)
         step = max(1, sts.CHUNK_BYTES // row)
         for start in range(0, shape[0], step):
-            yield store.get_box(name, (slice(start, start + step),))
+            yield store.get_box(name, (slice(start, min(start + step, shape[0])),))
 
     return sts.TensorPlan(name, store.shape(name), np.dtype(dtype), pieces)
 
