@@ -1,4 +1,10 @@
-"""Gated full attention: q/k RMSNorm per head, partial RoPE, GQA, and a sigmoid output gate."""
+"""Gated full attention: q/k RMSNorm per head, partial RoPE, GQA, and a sigmoid output gate.
+
+Kernels (`ModelConfig.attention_impl`): `reference_attention` materialises the [t, t] scores and
+is what the others are tested against; `blockwise_attention` (a1jax.model.blockwise) is the
+flash-style default for every backend; "cudnn" is cuDNN's fused attention on GPUs. With the
+sequence split over a mesh axis, `context_parallel_attention` runs instead, whatever the kernel.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from a1jax.model.base import RMSNorm, normal, param
-from a1jax.model.config import ModelConfig
+from a1jax.model.blockwise import blockwise_attention
+from a1jax.model.config import ConfigError, ModelConfig
+from a1jax.model.context import SequenceShards, over_sequence, sequence_shards
 from a1jax.model.rope import apply_rope
 
 
@@ -32,11 +40,56 @@ def reference_attention(q_bthk: jax.Array, k_bsnk: jax.Array, v_bsnk: jax.Array,
     return out.reshape(b, t, h, k)
 
 
+def cudnn_attention(q_bthk: jax.Array, k_bsnk: jax.Array, v_bsnk: jax.Array,
+                    runs_bt: jax.Array) -> jax.Array:
+    """cuDNN's fused attention through `jax.nn.dot_product_attention` (GPU, bf16/fp16).
+
+    jax.nn exposes no segment ids, so packed rows pass as a [b, 1, t, t] boolean mask on top of
+    the causal mask: that mask is t x t per row, which makes this kernel a choice for moderate
+    lengths; the blockwise kernel is the long-context one."""
+    if jax.default_backend() != "gpu":
+        raise ConfigError("attention_impl='cudnn' needs a GPU; use 'blockwise' elsewhere")
+    same_b1ts = (runs_bt[:, :, None] == runs_bt[:, None, :])[:, None]
+    return jax.nn.dot_product_attention(q_bthk, k_bsnk, v_bsnk, mask=same_b1ts, is_causal=True,
+                                        implementation="cudnn")
+
+
+def context_parallel_attention(shards: SequenceShards, q_bthk: jax.Array, k_btnk: jax.Array,
+                               v_btnk: jax.Array, runs_bt: jax.Array, index_bt: jax.Array,
+                               block_size: int) -> jax.Array:
+    """Attention with time split over `shards.axis`: each shard all-gathers K, V, their runs and
+    original indices (2 KV heads: cheap) and attends with its own queries; the mask is by
+    original index, so any token order (the zigzag one) is causal and packing-correct."""
+    def local(q, k, v, runs, index):
+        return blockwise_attention(q, k, v, runs, runs, index, index, block_size,
+                                   gather_axis=shards.axis)
+
+    return over_sequence(shards, local, [q_bthk, k_btnk, v_btnk, runs_bt, index_bt])
+
+
+def attend(config: ModelConfig, shards: SequenceShards | None, q_bthk: jax.Array,
+           k_btnk: jax.Array, v_btnk: jax.Array, runs_bt: jax.Array,
+           index_bt: jax.Array) -> jax.Array:
+    """Causal attention within runs by the configured kernel, context-parallel over `shards`
+    when given."""
+    if shards is not None:
+        return context_parallel_attention(shards, q_bthk, k_btnk, v_btnk, runs_bt, index_bt,
+                                          config.attention_block_size)
+    if config.attention_impl == "reference":
+        return reference_attention(q_bthk, k_btnk, v_btnk, runs_bt)
+    if config.attention_impl == "cudnn":
+        return cudnn_attention(q_bthk, k_btnk, v_btnk, runs_bt)
+    return blockwise_attention(q_bthk, k_btnk, v_btnk, runs_bt, runs_bt, index_bt, index_bt,
+                               config.attention_block_size)
+
+
 class GatedAttention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, runs_bt: jax.Array) -> jax.Array:
+    def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, runs_bt: jax.Array,
+                 index_bt: jax.Array | None = None) -> jax.Array:
+        """`index_bt`: each token's place in the original sequence (default: in order)."""
         c = self.config
         dtype = jnp.dtype(c.dtype)
         d, h, n, k = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
@@ -57,6 +110,10 @@ class GatedAttention(nn.Module):
         q_bthk = apply_rope(q_bthk, positions_bt, c.rotary_dim, c.rope_theta)
         k_btnk = apply_rope(k_btnk, positions_bt, c.rotary_dim, c.rope_theta)
 
-        out_bthk = reference_attention(q_bthk, k_btnk, v_btnk, runs_bt)
+        if index_bt is None:
+            index_bt = jnp.broadcast_to(jnp.arange(x_btd.shape[1], dtype=jnp.int32),
+                                        x_btd.shape[:2])
+        shards = None if self.is_initializing() else sequence_shards(c)
+        out_bthk = attend(c, shards, q_bthk, k_btnk, v_btnk, runs_bt, index_bt)
         out_bthk = out_bthk * jax.nn.sigmoid(gate_bthk)
         return jnp.einsum("bthk,hkd->btd", out_bthk, w_o.astype(dtype))

@@ -16,6 +16,7 @@ LINEAR = "linear_attention"
 DTYPES = ("float32", "bfloat16")
 MOE_DISPATCH = ("dense", "dropless", "expert_parallel")
 REMAT = ("none", "full", "dots")
+ATTENTION_IMPL = ("reference", "blockwise", "cudnn")
 
 
 class ConfigError(A1Error):
@@ -62,6 +63,13 @@ class ModelConfig:
     moe_dispatch: str = "dropless"  # see a1jax.model.dispatch; "dense" is the reference
     moe_capacity_factor: float = 0.0  # expert_parallel only; 0 = worst case, nothing dropped
     remat: str = "none"  # per decoder layer: "none", "full" (save nothing), "dots" (save matmuls)
+    # Full attention kernel: "blockwise" (flash-style, any backend), "reference" (dense [t, t]
+    # scores; the tests' yardstick), "cudnn" (GPU only; see a1jax.model.attention).
+    attention_impl: str = "blockwise"
+    attention_block_size: int = 512  # query and key/value block of the blockwise kernel
+    # When the mesh splits `act_seq` (> 1 shard), layers run context-parallel (see
+    # a1jax.model.context); False leaves the sequence split to XLA (it gathers the sequence).
+    context_parallel: bool = True
 
     def __post_init__(self) -> None:
         if self.layer_types is None:
@@ -81,6 +89,7 @@ class ModelConfig:
             "num_key_value_heads", "head_dim", "linear_num_key_heads", "linear_num_value_heads",
             "linear_key_head_dim", "linear_value_head_dim", "linear_conv_kernel_dim", "num_experts",
             "num_experts_per_tok", "moe_intermediate_size", "deltanet_chunk_size",
+            "attention_block_size",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -114,6 +123,9 @@ class ModelConfig:
         if self.moe_dispatch not in MOE_DISPATCH:
             raise ConfigError(
                 f"moe_dispatch must be one of {MOE_DISPATCH}, got {self.moe_dispatch!r}")
+        if self.attention_impl not in ATTENTION_IMPL:
+            raise ConfigError(
+                f"attention_impl must be one of {ATTENTION_IMPL}, got {self.attention_impl!r}")
         if self.remat not in REMAT:
             raise ConfigError(f"remat must be one of {REMAT}, got {self.remat!r}")
         if self.dtype not in DTYPES:
@@ -206,7 +218,8 @@ class ModelConfig:
 
 
 _NOT_HF = frozenset({"dtype", "deltanet_chunk_size", "deltanet_impl", "moe_dispatch",
-                     "moe_capacity_factor", "remat", "rope_theta", "partial_rotary_factor"})
+                     "moe_capacity_factor", "remat", "rope_theta", "partial_rotary_factor",
+                     "attention_impl", "attention_block_size", "context_parallel"})
 _HF_REQUIRED = (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
     "head_dim", "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 
 from a1jax.model.base import normal, param, rms_normalize
 from a1jax.model.config import ModelConfig
+from a1jax.model.context import sequence_shards
+from a1jax.model.deltanet_cp import context_parallel_deltanet
 
 
 def causal_conv(x_btc: jax.Array, w_wc: jax.Array, runs_bt: jax.Array) -> jax.Array:
@@ -170,6 +172,39 @@ def chunked_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt, chunk_s
     return o_bthv[:, :t], state
 
 
+def conv_delta_rule(config: ModelConfig, qkv_btc, runs_bt, halo_btc, halo_runs_bt, g_bth,
+                    beta_bth, w_conv_wc, widen: bool = False):
+    """The DeltaNet core on rows: causal conv (with `halo_btc` as left context, or zeros when
+    None), SiLU, the q/k/v split and the delta rule. Returns (o_bthv fp32, final state).
+
+    `widen` appends dk value columns per head that start from the identity state and receive
+    no values: they carry the affine map from incoming to outgoing state (see deltanet_cp)."""
+    c = config
+    hk, hv = c.linear_num_key_heads, c.linear_num_value_heads
+    dk, dv = c.linear_key_head_dim, c.linear_value_head_dim
+    b, t, _ = qkv_btc.shape
+    if halo_btc is not None:
+        halo = halo_btc.shape[1]
+        qkv_btc = causal_conv(jnp.concatenate([halo_btc, qkv_btc], axis=1), w_conv_wc,
+                              jnp.concatenate([halo_runs_bt, runs_bt], axis=1))[:, halo:]
+    else:
+        qkv_btc = causal_conv(qkv_btc, w_conv_wc, runs_bt)
+    qkv_btc = jax.nn.silu(qkv_btc)
+    q_bthk = qkv_btc[..., : hk * dk].reshape(b, t, hk, dk)
+    k_bthk = qkv_btc[..., hk * dk: 2 * hk * dk].reshape(b, t, hk, dk)
+    v_bthv = qkv_btc[..., 2 * hk * dk:].reshape(b, t, hv, dv)
+    initial = None
+    if widen:
+        v_bthv = jnp.concatenate([v_bthv.astype(jnp.float32),
+                                  jnp.zeros((b, t, hv, dk), jnp.float32)], axis=-1)
+        eye = jnp.broadcast_to(jnp.eye(dk, dtype=jnp.float32), (b, hv, dk, dk))
+        initial = jnp.concatenate([jnp.zeros((b, hv, dk, dv), jnp.float32), eye], axis=-1)
+    if c.deltanet_impl == "recurrent":
+        return recurrent_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt, initial)
+    return chunked_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt,
+                              c.deltanet_chunk_size, initial)
+
+
 class GatedDeltaNet(nn.Module):
     config: ModelConfig
 
@@ -177,8 +212,8 @@ class GatedDeltaNet(nn.Module):
     def __call__(self, x_btd: jax.Array, runs_bt: jax.Array) -> jax.Array:
         c = self.config
         dtype = jnp.dtype(c.dtype)
-        d, hk, hv = c.hidden_size, c.linear_num_key_heads, c.linear_num_value_heads
-        dk, dv, ch = c.linear_key_head_dim, c.linear_value_head_dim, c.linear_conv_dim
+        d, hv, dv = c.hidden_size, c.linear_num_value_heads, c.linear_value_head_dim
+        ch = c.linear_conv_dim
         init = normal(c.initializer_range)
         w_qkv = param(self, "in_proj_qkv", (d, ch), ("embed", "linear_conv"), init)
         w_z = param(self, "in_proj_z", (d, hv, dv), ("embed", "linear_heads", "head_dim"), init)
@@ -196,22 +231,20 @@ class GatedDeltaNet(nn.Module):
         w_out = param(self, "out_proj", (hv, dv, d), ("linear_heads", "head_dim", "embed"), init)
 
         x = x_btd.astype(dtype)
-        b, t, _ = x.shape
         qkv_btc = jnp.einsum("btd,dc->btc", x, w_qkv.astype(dtype))
-        qkv_btc = jax.nn.silu(causal_conv(qkv_btc, w_conv.astype(dtype), runs_bt))
-        q_bthk = qkv_btc[..., : hk * dk].reshape(b, t, hk, dk)
-        k_bthk = qkv_btc[..., hk * dk: 2 * hk * dk].reshape(b, t, hk, dk)
-        v_bthv = qkv_btc[..., 2 * hk * dk:].reshape(b, t, hv, dv)
         z_bthv = jnp.einsum("btd,dhv->bthv", x, w_z.astype(dtype))
         beta_bth = jax.nn.sigmoid(jnp.einsum("btd,dh->bth", x, w_b.astype(dtype)))
         a_bth = jnp.einsum("btd,dh->bth", x, w_a.astype(dtype)).astype(jnp.float32)
         g_bth = -jnp.exp(a_log) * jax.nn.softplus(a_bth + dt_bias)
+        w_conv = w_conv.astype(dtype)
 
-        if c.deltanet_impl == "recurrent":
-            o_bthv, _ = recurrent_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt)
+        shards = None if self.is_initializing() else sequence_shards(c)
+        if shards is None:
+            o_bthv, _ = conv_delta_rule(c, qkv_btc, runs_bt, None, None, g_bth, beta_bth, w_conv)
         else:
-            o_bthv, _ = chunked_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt,
-                                           c.deltanet_chunk_size)
+            mix = lambda *args: conv_delta_rule(c, *args, widen=True)
+            o_bthv = context_parallel_deltanet(shards, qkv_btc, g_bth, beta_bth, runs_bt, w_conv,
+                                               mix)
         # Gated RMSNorm per value head: plain multiplier w (initialised to 1), then silu(z).
         o_bthv = (w_norm * rms_normalize(o_bthv, c.rms_norm_eps).astype(dtype))
         o_bthv = (o_bthv * jax.nn.silu(z_bthv.astype(jnp.float32))).astype(dtype)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from a1jax.model import dispatch
 from a1jax.model.base import normal, param
 from a1jax.model.config import ModelConfig
+from a1jax.model.context import flatten_tokens, sequence_shards, unflatten_tokens
 from a1jax.model.expert_parallel import expert_parallel
 
 DISPATCH = {"dense": dispatch.dense, "dropless": dispatch.dropless,
@@ -78,8 +79,14 @@ class SparseMoeBlock(nn.Module):
         w_sgate = param(self, "shared_expert_gate", (d, 1), ("embed", None), init)
 
         b, t, _ = x_btd.shape
-        x_td = nn.with_logical_constraint(x_btd.reshape(b * t, d).astype(dtype),
-                                          ("act_tokens", "act_embed"))
+        shards = None if self.is_initializing() else sequence_shards(c)
+        if shards is None:
+            flat = lambda a: a.reshape(b * t, *a.shape[2:])
+            unflat = lambda a: a.reshape(b, t, *a.shape[1:])
+        else:  # keep tokens on their devices when time is split (see flatten_tokens)
+            flat = lambda a: flatten_tokens(shards, a)
+            unflat = lambda a: unflatten_tokens(shards, a, b, t)
+        x_td = nn.with_logical_constraint(flat(x_btd).astype(dtype), ("act_tokens", "act_embed"))
         routing = route(x_td, w_router, c.num_experts_per_tok)
         experts = {name: jnp.asarray(w, dtype) for name, w in experts.items()}
         if c.moe_dispatch == "expert_parallel":
@@ -92,5 +99,5 @@ class SparseMoeBlock(nn.Module):
         hidden_tf = jax.nn.silu(x_td @ w_sg.astype(dtype)) * (x_td @ w_su.astype(dtype))
         shared_td = (hidden_tf @ w_sd.astype(dtype)) * jax.nn.sigmoid(x_td @ w_sgate.astype(dtype))
         out_td = routed_td.astype(dtype) + shared_td
-        stats = router_stats(routing, valid_bt.reshape(-1), e, dropped)
-        return out_td.reshape(b, t, d), stats
+        stats = router_stats(routing, flat(valid_bt), e, dropped)
+        return unflat(out_td), stats

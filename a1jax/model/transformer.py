@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from a1jax.model.attention import GatedAttention
 from a1jax.model.base import RMSNorm, normal, param, run_ids
 from a1jax.model.config import FULL, ModelConfig
+from a1jax.model.context import check_length, from_zigzag, sequence_shards, to_zigzag, zigzag_index
 from a1jax.model.deltanet import GatedDeltaNet
 from a1jax.model.moe import RouterStats, SparseMoeBlock
 
@@ -26,11 +27,11 @@ class DecoderLayer(nn.Module):
     layer_type: str
 
     @nn.compact
-    def __call__(self, x_btd, positions_bt, runs_bt, valid_bt):
+    def __call__(self, x_btd, positions_bt, runs_bt, valid_bt, index_bt):
         c = self.config
         h_btd = RMSNorm(c.rms_norm_eps, name="input_layernorm")(x_btd)
         if self.layer_type == FULL:
-            h_btd = GatedAttention(c, name="self_attn")(h_btd, positions_bt, runs_bt)
+            h_btd = GatedAttention(c, name="self_attn")(h_btd, positions_bt, runs_bt, index_bt)
         else:
             h_btd = GatedDeltaNet(c, name="linear_attn")(h_btd, runs_bt)
         x_btd = x_btd + h_btd.astype(x_btd.dtype)
@@ -46,7 +47,10 @@ class Output(NamedTuple):
 
 class Transformer(nn.Module):
     """Qwen3.5-MoE text model. Packed rows: `segment_ids` (0 marks padding) and per-segment
-    `positions`; attention never crosses a segment and DeltaNet state resets at each start."""
+    `positions`; attention never crosses a segment and DeltaNet state resets at each start.
+
+    With the time axis split over a mesh axis, the layers run context-parallel on a load-balanced
+    token order (a1jax.model.context); inputs and logits stay in the caller's order."""
 
     config: ModelConfig
 
@@ -61,6 +65,15 @@ class Transformer(nn.Module):
         if positions_bt is None:
             positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         runs_bt = run_ids(segment_ids_bt)
+        index_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        # Parameters do not depend on the split, and init runs on a single token.
+        shards = None if self.is_initializing() else sequence_shards(c)
+        if shards is not None:
+            check_length(shards, t)
+            tokens_bt, positions_bt, runs_bt, segment_ids_bt = to_zigzag(
+                shards, tokens_bt, positions_bt.astype(jnp.int32), runs_bt,
+                segment_ids_bt.astype(jnp.int32))
+            index_bt = jnp.broadcast_to(zigzag_index(t, shards.size), (b, t))
         valid_bt = segment_ids_bt != 0
 
         embed_xd = param(self, "embed_tokens", (c.vocab_size, c.hidden_size), ("vocab", "embed"),
@@ -78,9 +91,11 @@ class Transformer(nn.Module):
         for i, layer_type in enumerate(c.layer_types):
             x_btd = nn.with_logical_constraint(x_btd, ACTIVATION)
             x_btd, layer_stats = layer_cls(c, layer_type, name=f"layers_{i}")(
-                x_btd, positions_bt, runs_bt, valid_bt)
+                x_btd, positions_bt, runs_bt, valid_bt, index_bt)
             stats.append(layer_stats)
         x_btd = nn.with_logical_constraint(x_btd, ACTIVATION)
+        if shards is not None:
+            x_btd = nn.with_logical_constraint(from_zigzag(shards, x_btd), ACTIVATION)
         x_btd = RMSNorm(c.rms_norm_eps, name="norm")(x_btd)
         if c.tie_word_embeddings:
             w_dx = embed_xd.T
