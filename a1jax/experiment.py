@@ -63,6 +63,7 @@ def base() -> ml_collections.ConfigDict:
     c.mesh.layout = "fsdp"  # a1jax.sharding.layouts.LAYOUTS, or "" to use `axes` alone
     c.mesh.axes = ""  # "data=2,expert=2,sequence=2" (one may be -1: the rest of the devices)
     c.mesh.rules = ""  # overrides of the logical rules: "act_seq=sequence;embed=data+expert"
+    c.mesh.num_devices = 0  # 0: every device; else the first N (ablations on a subset)
 
     c.data = ml_collections.ConfigDict()
     # A dataset written by `python -m a1jax.data.prepare`: its TFDS data directory (holding
@@ -160,6 +161,8 @@ def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
 
 
 def mesh_spec(c: ml_collections.ConfigDict, num_devices: int | None = None) -> MeshSpec:
+    """The layout resolved for `num_devices` (default: mesh.num_devices, else every device)."""
+    num_devices = num_devices or c.mesh.num_devices or None
     axes = {}
     for name, value in _pairs(c.mesh.axes, "mesh.axes"):
         try:

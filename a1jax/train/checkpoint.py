@@ -34,11 +34,6 @@ class CheckpointError(A1Error):
     """A checkpoint that cannot be used as asked."""
 
 
-def checkpoint_root(path: str) -> str:
-    """A run workdir, a checkpoints root or one step directory -> (root, step or None)."""
-    return resolve(path)[0]
-
-
 def resolve(path: str) -> tuple[str, int | None]:
     """`path` as (checkpoint root, step): a run workdir (holding checkpoints/), a root (holding
     numbered steps), or a step directory (its number is the step)."""
@@ -67,11 +62,15 @@ class Checkpointer:
         if final_step is not None:
             preserve.append(policies.CustomSteps([final_step]))
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=every,
+            save_interval_steps=0 if read_only else every,
             preservation_policy=policies.AnyPreservationPolicy(preserve),
             enable_async_checkpointing=async_save, read_only=read_only,
             create=not read_only)
-        self._manager = ocp.CheckpointManager(self.root, options=options, item_names=ITEMS)
+        handlers = {"params": ocp.StandardCheckpointHandler(),
+                    "opt_state": ocp.StandardCheckpointHandler(),
+                    "data": ocp.JsonCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(self.root, options=options,
+                                              item_handlers=handlers)
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -117,9 +116,15 @@ class Checkpointer:
                            restored["params"], restored["opt_state"])
         return state, restored["data"]
 
-    def restore_params(self, target: Any, step: int | None = None) -> Any:
-        """Only the parameters (to start a new stage from), laid out like `target`."""
+    def restore_params(self, target: Any = None, step: int | None = None) -> Any:
+        """Only the parameters (to start a new stage from), laid out like `target`; without a
+        target, on one device (small models: tests, comparisons)."""
         step = self._step(step)
+        if target is None:
+            device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
+                                                                 sharding=device),
+                                  self._manager.item_metadata(step)["params"])
         return self._manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(target)))["params"]
 

@@ -1,6 +1,6 @@
 """Runs one experiment (one curriculum stage) in a workdir, resuming whatever is there.
 
-    WORKDIR/config.json      the resolved experiment config
+    WORKDIR/experiment.json  the resolved experiment config
     WORKDIR/checkpoints/     Orbax steps (a1jax.train.checkpoint)
     WORKDIR/data/            synthetic trajectories and their TFDS dataset (when data.dir is "")
     WORKDIR/metrics.jsonl    train and eval records; WORKDIR/tensorboard/ the same as events
@@ -84,6 +84,9 @@ def check(c: ml_collections.ConfigDict, workdir: str, num_devices: int | None = 
     checkpoint, the workdir's own checkpoints. Raises A1Error with what to fix."""
     experiment.validate(c)
     model_config = experiment.model_config(c)
+    if num_devices is None and c.mesh.num_devices > jax.device_count():
+        raise RunError(f"mesh.num_devices={c.mesh.num_devices} but there are only "
+                       f"{jax.device_count()} devices")
     spec = experiment.mesh_spec(c, num_devices)
     workdir = os.path.abspath(workdir)
 
@@ -141,6 +144,11 @@ def check(c: ml_collections.ConfigDict, workdir: str, num_devices: int | None = 
 
 def build(plan: Plan, devices=None) -> Trainer:
     c = plan.config
+    if devices is None and c.mesh.num_devices:
+        if c.mesh.num_devices > jax.device_count():
+            raise RunError(f"mesh.num_devices={c.mesh.num_devices} but there are only "
+                           f"{jax.device_count()} devices")
+        devices = jax.devices()[:c.mesh.num_devices]
     return build_trainer(plan.model_config, experiment.optim_config(c), plan.spec,
                          batch=c.batch_size, seq=c.seq_len, microbatches=c.microbatches,
                          z_loss_coef=c.z_loss_coef, devices=devices)
@@ -215,7 +223,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
             return dict(done, status="already finished")
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        with open(os.path.join(workdir, "experiment.json"), "w") as f:
             f.write(c.to_json(indent=2, sort_keys=True))
 
     tokenizer = load_tokenizer(plan.tokenizer_dir)

@@ -1,0 +1,65 @@
+"""Shared by the runner tests: the stage 1 smoke config, and running the CLI in a subprocess."""
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from a1jax import curriculum
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STAGE1 = os.path.join(REPO, "experiments", "curriculum", "stage1_foundation.py")
+# Six steps of stage 1's smoke config, a checkpoint every two, evals at 3 and 6.
+SETS = ("steps=6", "checkpoint.every=2", "eval_every=3")
+
+
+def stage1(*sets: str):
+    config = curriculum.load_experiment(STAGE1, "model=tiny,smoke=True")
+    for assignment in SETS + sets:
+        curriculum.override(config, assignment)
+    return config
+
+
+def cli(workdir: str, *sets: str) -> list[str]:
+    return ([sys.executable, "-m", "a1jax.train", "--config", f"{STAGE1}:model=tiny,smoke=True",
+             "--workdir", workdir] + [f"--config.{s}" for s in SETS + sets])
+
+
+def start(workdir: str, *sets: str) -> subprocess.Popen:
+    return subprocess.Popen(cli(workdir, *sets), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_step(workdir: str, proc: subprocess.Popen, step: int, timeout: float = 600) -> None:
+    """Until metrics.jsonl records train step `step` (the process must still be running)."""
+    from a1jax.train import metrics
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(r["kind"] == "train" and r["step"] >= step for r in metrics.read(workdir)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before step {step}:\n{proc.stdout.read()}")
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} within {timeout}s")
+
+
+def losses(workdir: str, kind: str = "train") -> dict[int, float]:
+    from a1jax.train import metrics
+    return {r["step"]: r["loss"] for r in metrics.read(workdir) if r["kind"] == kind}
+
+
+def final_params(workdir: str, step: int | None = None) -> dict:
+    import jax
+    from a1jax.train.checkpoint import Checkpointer
+    reader = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    return jax.tree.map(np.asarray, reader.restore_params(step=step))
+
+
+def assert_trees_close(a, b, atol: float) -> None:
+    import jax
+    flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
+    assert len(flat_a) == len(flat_b)
+    for (path, x), y in zip(flat_a, flat_b):
+        np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=jax.tree_util.keystr(path))

@@ -1,0 +1,140 @@
+"""The runner: resume after kill -9 and SIGTERM, restore onto another layout, non-finite steps,
+and the errors it gives before compiling anything."""
+
+import os
+import signal
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+from a1jax.train import runner
+from a1jax.train.checkpoint import Checkpointer
+from tests.train.runner_helpers import (REPO, assert_trees_close, cli, final_params, losses,
+                                        stage1, start, wait_for_step)
+
+quiet = dict(report=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Stage 1 smoke, six steps, uninterrupted, in this process."""
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    summary = runner.run(stage1(), workdir, **quiet)
+    assert summary["status"] == "finished" and summary["steps"] == 6
+    return workdir
+
+
+def test_checkpoints_kept_and_summary(reference):
+    steps = Checkpointer(os.path.join(reference, "checkpoints"), read_only=True).steps()
+    assert steps == [4, 6]  # the latest 2 (every 2 steps); 6 is also the final
+    train = losses(reference)
+    assert sorted(train) == [1, 2, 3, 4, 5, 6]
+    assert sorted(losses(reference, "eval")) == [0, 3, 6]
+    # A second run of a finished stage does nothing.
+    again = runner.run(stage1(), reference, **quiet)
+    assert again["status"] == "already finished"
+
+
+def test_kill_9_then_rerun_equals_uninterrupted(reference, tmp_path):
+    workdir = str(tmp_path / "killed")
+    proc = start(workdir)
+    wait_for_step(workdir, proc, 3)  # a checkpoint at 2 exists (or is being written)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert max(losses(workdir)) < 6
+    rerun = subprocess.run(cli(workdir), cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resumed from step" in rerun.stdout
+    # Same data order and same updates: every step's loss and the final parameters.
+    ours, theirs = losses(workdir), losses(reference)
+    assert sorted(ours) == sorted(theirs)
+    np.testing.assert_allclose([ours[s] for s in sorted(ours)],
+                               [theirs[s] for s in sorted(theirs)], rtol=1e-6)
+    assert_trees_close(final_params(workdir), final_params(reference), atol=1e-6)
+
+
+def test_sigterm_checkpoints_and_resumes_on_another_layout(reference, tmp_path):
+    workdir = str(tmp_path / "preempted")
+    proc = start(workdir)
+    wait_for_step(workdir, proc, 1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate()
+    assert proc.returncode == 0, out[-2000:]
+    stopped = max(losses(workdir))
+    assert f"preempted at step {stopped}" in out
+    assert Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True).latest_step() \
+        == stopped
+    # Resume on 4 devices, expert parallel only, instead of data 2 x expert 2 x sequence 2 on 8.
+    other = stage1("mesh.layout=expert", "mesh.axes=", "mesh.num_devices=4")
+    summary = runner.run(other, workdir, **quiet)
+    assert summary["status"] == "finished"
+    ours, theirs = losses(workdir), losses(reference)
+    np.testing.assert_allclose(ours[stopped + 1], theirs[stopped + 1], rtol=1e-5)
+    assert_trees_close(final_params(workdir), final_params(reference), atol=1e-5)
+
+
+def _poison(at_step, vocab_size):
+    def hook(step, batch):
+        if step == at_step:  # a token id past the vocabulary: its embedding lookup gives NaN
+            batch = dict(batch, tokens=batch["tokens"].copy())
+            batch["tokens"][0, 5] = vocab_size
+        return batch
+    return hook
+
+
+def test_nonfinite_step_is_skipped_and_counted(tmp_path):
+    config = stage1("steps=3", "checkpoint.every=1", "checkpoint.keep=3", "nonfinite=skip")
+    workdir = str(tmp_path)
+    summary = runner.run(config, workdir, batch_hook=_poison(2, 4096), **quiet)
+    assert summary["status"] == "finished" and summary["skipped"] == 1
+    assert np.isnan(losses(workdir)[2]) and np.isfinite(losses(workdir)[3])
+    # The skipped step left the parameters exactly as they were; the next one changed them.
+    assert_trees_close(final_params(workdir, 2), final_params(workdir, 1), atol=0)
+    after = final_params(workdir, 3)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(after))
+    assert not np.array_equal(after["norm"]["weight"], final_params(workdir, 2)["norm"]["weight"])
+
+
+def test_nonfinite_step_stops_with_last_good_checkpoint(tmp_path):
+    config = stage1("steps=3", "checkpoint.every=1", "nonfinite=stop")
+    workdir = str(tmp_path)
+    with pytest.raises(runner.RunError) as e:
+        runner.run(config, workdir, batch_hook=_poison(2, 4096), **quiet)
+    root = os.path.join(workdir, "checkpoints")
+    assert str(e.value) == (f"stage1_foundation: non-finite loss at step 2 (nonfinite='stop'); "
+                            f"the last good checkpoint is step 1 in {root}")
+    assert Checkpointer(root, read_only=True).steps() == [1]
+
+
+def test_errors_before_compiling(reference, tmp_path):
+    with pytest.raises(runner.RunError) as e:
+        runner.check(stage1("init_from=/no/such/dir"), str(tmp_path))
+    assert str(e.value) == "init_from /no/such/dir: no such file or directory"
+
+    with pytest.raises(runner.RunError) as e:
+        runner.check(stage1("seed=1"), reference)
+    assert str(e.value) == (f"workdir {reference} holds checkpoints of another experiment "
+                            "(stage1_foundation); differs in seed (0 there, 1 here). Use another "
+                            "--workdir, or delete that one to start over")
+
+    with pytest.raises(runner.RunError) as e:
+        runner.check(stage1("model.vocab_size=1000"), str(tmp_path))
+    assert str(e.value) == ("the tokenizer has 4096 tokens but the model's vocab_size is 1000; "
+                            "set --config.model.vocab_size")
+
+    with pytest.raises(runner.RunError) as e:
+        runner.check(stage1("init_from=" + reference, "model.extra=num_experts=4"),
+                     str(tmp_path))
+    assert str(e.value) == (f"init_from {reference} is a different model: num_experts (8 there, "
+                            "4 here)")
+
+    # The command line: a misspelt key, one line, exit status 2.
+    result = subprocess.run(cli(str(tmp_path), "optim.lr=1e-4"), cwd=REPO, capture_output=True,
+                            text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: unknown config key '--config.optim.lr': the experiment file's config "
+        "(a1jax.experiment.base) has no such key")
