@@ -159,3 +159,20 @@ def unflatten_tokens(shards: SequenceShards, x_n: jax.Array, b: int, t: int) -> 
     local = lambda x: x.reshape(b // batch_shards, t // shards.size, *x.shape[1:])
     return jax.shard_map(local, mesh=shards.mesh, in_specs=spec, out_specs=shards.spec,
                          check_vma=False)(x_n)
+
+
+def over_tokens(shards: SequenceShards, fn: Callable, token_args: Sequence[jax.Array],
+                replicated_args: Sequence[jax.Array] = ()) -> tuple[jax.Array, jax.Array]:
+    """fn(*local token_args, *replicated_args) -> (per-token result, scalar) under shard_map,
+    tokens as `flatten_tokens` lays them out. For per-token work that XLA would otherwise
+    replicate (a sort over all tokens, as in the dropless dispatch); the scalar is summed."""
+    spec = P(shards.batch_axes + (shards.axis,))
+    axes = shards.batch_axes + (shards.axis,)
+
+    def local(*args):
+        out, scalar = fn(*args)
+        return out, jax.lax.psum(scalar, axes)
+
+    in_specs = (spec,) * len(token_args) + (P(),) * len(replicated_args)
+    return jax.shard_map(local, mesh=shards.mesh, in_specs=in_specs, out_specs=(spec, P()),
+                         check_vma=False)(*token_args, *replicated_args)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from a1jax.model import dispatch
 from a1jax.model.base import normal, param
 from a1jax.model.config import ModelConfig
-from a1jax.model.context import flatten_tokens, sequence_shards, unflatten_tokens
+from a1jax.model.context import flatten_tokens, over_tokens, sequence_shards, unflatten_tokens
 from a1jax.model.expert_parallel import expert_parallel
 
 DISPATCH = {"dense": dispatch.dense, "dropless": dispatch.dropless,
@@ -92,6 +92,13 @@ class SparseMoeBlock(nn.Module):
         if c.moe_dispatch == "expert_parallel":
             routed_td, dropped = expert_parallel(x_td, routing.weights_tk, routing.experts_tk,
                                                  **experts, capacity_factor=c.moe_capacity_factor)
+        elif shards is not None:
+            # Each device dispatches its own tokens: XLA would replicate the global sort.
+            names = ("gate_proj", "up_proj", "down_proj")
+            local = lambda x, w, i, *ws: DISPATCH[c.moe_dispatch](x, w, i, **dict(zip(names, ws)))
+            routed_td, dropped = over_tokens(shards, local,
+                                             [x_td, routing.weights_tk, routing.experts_tk],
+                                             [experts[n] for n in names])
         else:
             routed_td, dropped = DISPATCH[c.moe_dispatch](
                 x_td, routing.weights_tk, routing.experts_tk, **experts)
