@@ -1,15 +1,13 @@
 """`python -m a1jax.export`: servable Hugging Face directories, and HF -> a1jax -> HF round trips."""
 
 import json
-import subprocess
-import sys
-
 import ml_dtypes
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
+from a1jax import cli, export as export_cli
 from a1jax.convert import hf_export, hf_import, orbax_io, safetensors_stream
 from a1jax.model import get_preset
 from a1jax.score import score
@@ -138,17 +136,18 @@ def test_interrupted_export_never_looks_complete(checkpoint, tmp_path, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]
 
 
-def test_export_cli(checkpoint, tmp_path):
+def test_export_cli(checkpoint, tmp_path, capsys):
+    """`python -m a1jax.export` (its main, in process: a subprocess would re-import jax)."""
     workdir, _ = checkpoint
-    result = subprocess.run(
-        [sys.executable, "-m", "a1jax.export", "--checkpoint", str(workdir), "--out",
-         str(tmp_path / "hf"), "--dtype", "float32"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "exported" in result.stdout and (tmp_path / "hf" / "config.json").is_file()
-    again = subprocess.run(
-        [sys.executable, "-m", "a1jax.export", "--checkpoint", str(workdir), "--out",
-         str(tmp_path / "hf")], capture_output=True, text=True, timeout=300)
-    assert (again.returncode, again.stderr) == (2, f"error: {tmp_path / 'hf'} already exists\n")
+    argv = ["--checkpoint", str(workdir), "--out", str(tmp_path / "hf"), "--dtype", "float32"]
+    with pytest.raises(SystemExit) as info:
+        cli.run(export_cli.main, argv)
+    assert info.value.code == 0
+    assert "exported 69 tensors" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        cli.run(export_cli.main, argv)
+    assert (info.value.code, capsys.readouterr().err) == \
+        (2, f"error: {tmp_path / 'hf'} already exists\n")
 
 
 def _nested(flat_params):
