@@ -1,10 +1,16 @@
-"""The demo: what a1jax is, end to end, on a CPU in a minute.
+"""The demo: the Agents-A1 curriculum, small, on 8 simulated CPU devices, end to end.
 
-Until the three-stage curriculum lands it shows the pieces it is made of: the parameter counts
-of the real Agents-A1 shapes; a tiny random model written as a Hugging Face directory, scored by
-a1jax, and the same logits from transformers; then synthetic agent trajectories rendered in the
-Qwen3.5 chat format, packed, and trained on for a few steps on the 8-device CPU mesh
-(data 2 x expert 2 x sequence 2, experts exchanged by all-to-all).
+    launch/demo.sh [WORKDIR]        # default runs/demo; a second run resumes, never restarts
+
+1. The parameter counts of the real Agents-A1 shapes (Qwen3.5-35B-A3B), from shapes alone.
+2. The small tokenizer a1jax builds for itself (byte-level BPE with the Qwen special tokens).
+3. The three curriculum stages on the `tiny` model, each in its own workdir, laid out as
+   data 2 x expert 2 x sequence 2 (experts exchanged by all-to-all): synthetic agent
+   trajectories per stage (longer horizons each stage) prepared as TFDS data, training with
+   evals and Orbax checkpoints, each stage starting from the previous stage's weights.
+4. A per-stage table, the loss and expert-load plots.
+5. The final model exported as a Hugging Face directory, loaded by transformers: the same
+   logits as a1jax, and a generated reply parsed with the chat template's tool-call format.
 """
 
 from __future__ import annotations
@@ -28,107 +34,93 @@ def _step(title: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m a1jax.demo")
     parser.add_argument("--workdir", default="runs/demo")
-    parser.add_argument("--steps", type=int, default=30, help="training steps at the end")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a handful of steps per stage (seconds of training; for checks)")
     args = parser.parse_args(argv)
-    os.makedirs(args.workdir, exist_ok=True)
+    workdir = os.path.abspath(args.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)  # TFDS and orbax narrate every file at INFO
 
     _step("Agents-A1 (Qwen3.5-35B-A3B) parameter counts, from shapes alone")
     subprocess.run([sys.executable, "-m", "a1jax.model_info", "--model", "agents_a1_35b"],
                    check=True)
 
-    _step("A tiny random model of the same architecture, written in Hugging Face format")
-    import flax.linen as nn
-    import jax
+    _step("The demo tokenizer: byte-level BPE trained on a1jax's own synthetic corpus")
+    tokenizer_dir = os.path.join(workdir, "tokenizer")
+    if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.json")):
+        from a1jax.data import train_tokenizer
+        train_tokenizer.main(["--out", tokenizer_dir, "--vocab-size", "4096"])
+    else:
+        print(f"{tokenizer_dir} (already built)")
 
-    from a1jax.convert.hf_save import write_hf_dir
-    from a1jax.model import Transformer, get_preset
+    _step("The curriculum on the tiny model, 8 CPU devices as data 2 x expert 2 x sequence 2")
+    from a1jax import curriculum, plot
 
-    config = get_preset("tiny")
-    hf_dir = os.path.join(args.workdir, "tiny_random_hf")
-    if not os.path.isdir(hf_dir):
-        tokens = np.zeros((1, 1), np.int32)
-        params = nn.meta.unbox(Transformer(config).init(jax.random.key(0), tokens))["params"]
-        write_hf_dir(hf_dir, config, jax.tree.map(np.asarray, params))
-    print(f"wrote {hf_dir}")
-
-    _step("Scoring a sequence with a1jax (python -m a1jax.score)")
-    tokens = np.random.RandomState(0).randint(0, config.vocab_size, (2, 48)).tolist()
-    tokens_path = os.path.join(args.workdir, "tokens.json")
-    with open(tokens_path, "w") as f:
-        json.dump(tokens, f)
-    scores = os.path.join(args.workdir, "scores.npz")
-    subprocess.run([sys.executable, "-m", "a1jax.score", "--model", hf_dir, "--tokens",
-                    tokens_path, "--out", scores], check=True)
-
-    _step("The same weights in transformers (Qwen3_5MoeForCausalLM, fp32, eager)")
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM
-    except ImportError:
-        print("transformers/torch not installed: skipping the comparison")
+    curriculum_dir = os.path.join(workdir, "curriculum")
+    summaries = curriculum.run("tiny", curriculum_dir, smoke=args.smoke,
+                               sets=[f"data.tokenizer={tokenizer_dir}"])
+    _step("Summary")
+    for line in curriculum.table(summaries):
+        print(line)
+    if len(summaries) < len(curriculum.STAGES) or summaries[-1]["status"] == "preempted":
+        print("\nstopped before the end; rerun the same command to resume")
         return 0
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager",
-                                                 dtype=torch.float32).eval()
-    with torch.no_grad():
-        theirs = model(torch.tensor(tokens), use_cache=False).logits.numpy()
-    ours = np.load(scores)["logits"]
-    print(f"max |a1jax - transformers| logit difference: {np.abs(ours - theirs).max():.2e} "
-          f"(logits up to {np.abs(theirs).max():.2f})")
-    train_steps(args.workdir, args.steps)
+    for path in plot.plot(curriculum_dir, os.path.join(workdir, "plots")):
+        print(f"plot: {path}")
+    for s in summaries:
+        print(f"checkpoints: {s['workdir']}/checkpoints (final: {s['checkpoint']})")
+
+    export_dir = os.path.join(workdir, "export")
+    _step(f"The final model as a Hugging Face directory: {export_dir}")
+    if not os.path.exists(os.path.join(export_dir, "config.json")):
+        subprocess.run([sys.executable, "-m", "a1jax.export", "--checkpoint",
+                        summaries[-1]["workdir"], "--out", export_dir, "--dtype", "float32"],
+                       check=True)
+    else:
+        print("(already exported)")
+    check_with_transformers(export_dir, workdir)
     return 0
 
 
-SEQ_LEN = 1024
-
-
-def train_steps(workdir: str, steps: int) -> None:
-    import dataclasses
-    import time
-
-    import jax
+def check_with_transformers(export_dir: str, workdir: str) -> None:
+    """transformers loads the export; its logits equal a1jax's; it generates a parseable reply."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from a1jax.data import synth
-    from a1jax.data.pipeline import JsonlSource, PipelineConfig, make_dataset
-    from a1jax.data.tokenizer import TrajectoryEncoder, load_tokenizer
-    from a1jax.model import get_preset
-    from a1jax.sharding import MeshSpec
-    from a1jax.train.optim import OptimConfig
-    from a1jax.train.sharded import build_trainer
+    from a1jax.data.tool_calls import ToolCallParseError, parse_assistant
 
-    _step("Synthetic agent trajectories (tool calls, observations, failed calls, recoveries)")
-    paths = []
-    for domain in ("kb_search", "calculator", "files"):
-        path = os.path.join(workdir, f"{domain}.jsonl")
-        with open(path, "w") as f:
-            for trajectory in synth.generate(domain, horizon=3, n=32, seed=0):
-                f.write(json.dumps(trajectory) + "\n")
-        paths.append(path)
-        print(f"wrote {path}: 32 trajectories")
-
-    _step(f"Training the tiny model for {steps} steps on 8 CPU devices "
-          "(data 2 x expert 2 x sequence 2, expert-parallel MoE)")
-    tokenizer = load_tokenizer()  # the small tokenizer a1jax ships, Qwen special tokens included
-    config = dataclasses.replace(get_preset("tiny"), vocab_size=len(tokenizer),
-                                 moe_dispatch="expert_parallel")
-    batch_size, seq_len = 8, SEQ_LEN
-    data = iter(make_dataset(JsonlSource(paths), TrajectoryEncoder(tokenizer),
-                             PipelineConfig(seq_len=seq_len, batch_size=batch_size, seed=0,
-                                            length_policy="truncate")))
-    spec = MeshSpec.create(axes={"data": 2, "expert": 2, "sequence": 2})
-    trainer = build_trainer(config, OptimConfig(learning_rate=3e-3, warmup_fraction=0.1,
-                                                total_steps=steps),
-                            spec, batch=batch_size, seq=seq_len)
-    state = trainer.init(jax.random.key(0))
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
-        batch = next(data)
-        state, metrics = trainer.step(state, trainer.put_batch(batch))
-        if step == 1 or step % 5 == 0 or step == steps:
-            print(f"step {step:3d}  loss {float(metrics['loss']):.3f}  "
-                  f"trained tokens {int(metrics['trained_tokens']):5d}  "
-                  f"grad norm {float(metrics['grad_norm']):.2f}  "
-                  f"{time.perf_counter() - start:.0f}s (first step includes compiling)",
-                  flush=True)
+    _step("transformers: the exported model and tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(export_dir)
+    model = AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32).eval()
+    trajectory = synth.make_trajectory("calculator", 1, seed=12345, index=0)
+    prompt = [m for m in trajectory["messages"] if m["role"] in ("system", "user")]
+    ids = tokenizer.apply_chat_template(prompt, tools=trajectory["tools"],
+                                        add_generation_prompt=True, return_dict=False)
+    tokens_path = os.path.join(workdir, "prompt_tokens.json")
+    with open(tokens_path, "w") as f:
+        json.dump([list(ids)], f)
+    scores = os.path.join(workdir, "prompt_scores.npz")
+    subprocess.run([sys.executable, "-m", "a1jax.score", "--model", export_dir, "--tokens",
+                    tokens_path, "--out", scores], check=True)
+    with torch.no_grad():
+        theirs = model(torch.tensor([list(ids)]), use_cache=False).logits.numpy()
+    ours = np.load(scores)["logits"]
+    print(f"prompt of {len(ids)} tokens (a calculator task, rendered by the exported chat "
+          f"template); max |a1jax - transformers| logit difference: "
+          f"{np.abs(ours - theirs).max():.2e}")
+    with torch.no_grad():
+        out = model.generate(torch.tensor([list(ids)]), max_new_tokens=160, do_sample=False)
+    text = tokenizer.decode(out[0, len(ids):], skip_special_tokens=False)
+    print("greedy reply:\n" + text.strip())
+    try:
+        parsed = parse_assistant(text, tools=trajectory["tools"])
+    except ToolCallParseError as e:  # a tiny model trained for minutes may garble a call
+        print(f"the reply does not parse with the template's tool-call format: {e}")
+        return
+    print(f"parsed with the template's tool-call format: {len(parsed.tool_calls)} tool "
+          f"call(s) {parsed.tool_calls}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# The main job, small, on the CPU: creates .venv if needed, then runs the a1jax demo.
-#   launch/demo.sh [WORKDIR]     (default runs/demo)
+# The main job, small, on the CPU: creates .venv if needed, then runs the a1jax demo (the
+# three-stage curriculum of the tiny model on 8 simulated devices, then export to transformers).
+#   launch/demo.sh [WORKDIR]     (default runs/demo; rerunning resumes where it stopped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/setup_venv.sh
+workdir="${1:-runs/demo}"
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=8"
-export JAX_PLATFORMS=cpu TRANSFORMERS_VERBOSITY=error
-python -m a1jax.demo --workdir "${1:-runs/demo}"
+export JAX_PLATFORMS=cpu TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
+# Compiled steps are cached on disk: a rerun (resuming an interrupted demo) skips compiling.
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$workdir/.jax_cache}"
+shift || true
+python -m a1jax.demo --workdir "$workdir" "$@"

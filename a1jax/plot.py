@@ -1,0 +1,103 @@
+"""PNG plots of a run or a whole curriculum, from the metrics.jsonl files it wrote.
+
+    python -m a1jax.plot --workdir runs/demo/curriculum [--out DIR]
+
+Writes `loss.png` (train and eval loss; the stages of a curriculum one after another on a shared
+step axis, split by dashed lines) and `expert_load.png` (each layer's expert shares at the last
+logged step: one row per layer, 1/num_experts * top_k is perfect balance). A workdir is either a
+single run (holding metrics.jsonl) or a curriculum (its stage directories in order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Sequence
+
+import numpy as np
+
+from a1jax import cli
+from a1jax.errors import A1Error
+
+
+def runs(workdir: str) -> list[tuple[str, str]]:
+    """(name, directory) of each run under `workdir`, in curriculum order."""
+    if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+        return [(os.path.basename(os.path.abspath(workdir)), workdir)]
+    from a1jax.curriculum import STAGES
+    found = [(s, os.path.join(workdir, s)) for s in STAGES
+             if os.path.exists(os.path.join(workdir, s, "metrics.jsonl"))]
+    if not found:
+        raise A1Error(f"{workdir}: no metrics.jsonl there or in its stage directories")
+    return found
+
+
+def plot(workdir: str, out: str | None = None) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from a1jax.train.metrics import read
+
+    out = out or workdir
+    os.makedirs(out, exist_ok=True)
+    stages = runs(workdir)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    offset, last_load = 0, None
+    for k, (name, directory) in enumerate(stages):
+        records = read(directory)
+        train = [(r["step"], r["loss"]) for r in records
+                 if r["kind"] == "train" and np.isfinite(r["loss"])]
+        evals = [(r["step"], r["loss"]) for r in records if r["kind"] == "eval"]
+        color = f"C{k}"
+        if train:
+            s, l = zip(*train)
+            ax.plot(np.array(s) + offset, l, color=color, alpha=0.6, label=f"{name} train")
+        if evals:
+            s, l = zip(*evals)
+            ax.plot(np.array(s) + offset, l, "o--", color=color, label=f"{name} eval")
+        loads = [r for r in records if "expert_load" in r]
+        if loads:
+            last_load = (name, loads[-1]["step"], np.asarray(loads[-1]["expert_load"]))
+        end = max([r["step"] for r in records] or [0])
+        if k < len(stages) - 1:
+            ax.axvline(offset + end, color="grey", linestyle=":", linewidth=1)
+        offset += end
+    ax.set_xlabel("step (stages in sequence)")
+    ax.set_ylabel("cross-entropy per trained token")
+    ax.set_title("Loss across the curriculum" if len(stages) > 1 else f"Loss: {stages[0][0]}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    loss_png = os.path.join(out, "loss.png")
+    fig.tight_layout()
+    fig.savefig(loss_png, dpi=110)
+    plt.close(fig)
+    written = [loss_png]
+    if last_load is not None:
+        name, step, load_le = last_load
+        fig, ax = plt.subplots(figsize=(max(5, load_le.shape[1] * 0.5), 1 + 0.5 * len(load_le)))
+        image = ax.imshow(load_le, aspect="auto", cmap="viridis")
+        ax.set_xlabel("expert")
+        ax.set_ylabel("layer")
+        ax.set_title(f"Share of routed tokens per expert ({name}, step {step})")
+        fig.colorbar(image, ax=ax)
+        load_png = os.path.join(out, "expert_load.png")
+        fig.tight_layout()
+        fig.savefig(load_png, dpi=110)
+        plt.close(fig)
+        written.append(load_png)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m a1jax.plot", description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", default=None, help="where the PNGs go (default: the workdir)")
+    args = p.parse_args(argv)
+    for path in plot(args.workdir, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,86 @@
+"""The three-stage curriculum: each stage learns and starts from the previous stage's weights;
+the stage files at the real model's size validate against 8 devices."""
+
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from a1jax import curriculum, experiment, plot
+from a1jax.data.tokenizer import TrajectoryEncoder, load_tokenizer
+from a1jax.train import checkpoint as ckpt_lib
+from a1jax.train import data as data_lib
+from a1jax.train import metrics, runner
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("curriculum"))
+    summaries = curriculum.run("tiny", workdir, smoke=True)
+    return workdir, summaries
+
+
+def _eval(workdir, k):
+    return {r["step"]: r["loss"] for r in metrics.read(os.path.join(workdir, curriculum.STAGES[k]))
+            if r["kind"] == "eval"}
+
+
+def test_every_stage_runs_and_learns(smoke):
+    workdir, summaries = smoke
+    assert [s["stage"] for s in summaries] == list(curriculum.STAGES)
+    assert all(s["status"] == "finished" and s["steps"] == 4 for s in summaries)
+    for k in range(3):
+        evals = _eval(workdir, k)
+        assert evals[4] < evals[0] - 0.05, (curriculum.STAGES[k], evals)
+    rows = curriculum.table(summaries)
+    assert len(rows) == 4 and rows[1].startswith("stage1_foundation")
+    assert [os.path.basename(p) for p in plot.plot(workdir)] == ["loss.png", "expert_load.png"]
+
+
+def test_later_stages_start_from_the_previous_stage(smoke):
+    workdir, _ = smoke
+    configs = curriculum.configs("tiny", smoke=True, workdir=workdir)
+    encoder = TrajectoryEncoder(load_tokenizer())
+    for k in (1, 2):
+        stage_dir = os.path.join(workdir, curriculum.STAGES[k])
+        plan = runner.check(configs[k], stage_dir)
+        assert plan.init_kind == "checkpoint" and plan.init_step == 4
+        trainer = runner.build(plan)
+        batches = data_lib.eval_batches(
+            configs[k], data_lib.dataset_dir(os.path.join(stage_dir, "data", "tfds")), encoder)
+        target = ckpt_lib.abstract_with_shardings(trainer.abstract_state().params,
+                                                  trainer.state_sharding.params)
+        previous = ckpt_lib.Checkpointer(
+            os.path.join(workdir, curriculum.STAGES[k - 1], "checkpoints"), read_only=True)
+        from_previous = runner._evaluate(trainer, previous.restore_params(target), batches)
+        fresh = runner._evaluate(trainer, trainer.init(jax.random.key(0)).params, batches)
+        step0 = _eval(workdir, k)[0]
+        np.testing.assert_allclose(step0, from_previous, rtol=1e-6)
+        assert abs(step0 - fresh) > 0.1
+
+
+def test_rerun_skips_finished_stages(smoke):
+    workdir, _ = smoke
+    again = curriculum.run("tiny", workdir, smoke=True)
+    assert [s["status"] for s in again] == ["already finished"] * 3
+
+
+@pytest.mark.parametrize("stage", curriculum.STAGES)
+def test_stage_files_validate_at_35b_on_8_devices(stage, tmp_path):
+    config = curriculum.load_experiment(curriculum.stage_file(stage), "model=agents_a1_35b")
+    plan = runner.check(config, str(tmp_path), num_devices=8, check_init=False)
+    assert plan.model_config.num_experts == 256 and plan.spec.axes == {
+        "data": 1, "expert": 2, "sequence": 4}
+    trainer = runner.build(plan)
+    state = trainer.abstract_state()
+    assert sum(math.prod(x.shape) for x in jax.tree.leaves(state.params)) == 34_660_610_688
+    # Every weight is split over the 8 devices (FSDP + experts): no replicated matrix.
+    for path, sharding in jax.tree_util.tree_flatten_with_path(trainer.state_sharding.params)[0]:
+        leaf = path[-1].key
+        if leaf not in ("weight", "A_log", "dt_bias"):
+            assert sharding.num_devices == 8 and not sharding.is_fully_replicated, path
+    assert config.seq_len == {"stage1_foundation": 32_768, "stage2_trajectory_extension": 65_536,
+                              "stage3_frontier_hardening": 131_072}[stage]
+    assert experiment.optim_config(config).learning_rate == 1e-5
