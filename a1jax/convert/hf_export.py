@@ -134,7 +134,7 @@ def export(checkpoint: str, out: str, *, dtype: str = "bfloat16", source: str | 
 # ---- parameters -> tensors -------------------------------------------------------------------
 
 class _LeafReader:
-    """Restores checkpoint leaves on demand, keeping only the last two (a fused tensor's halves)."""
+    """Restores checkpoint leaves on demand; the caller drops each when written."""
 
     def __init__(self, step: Path):
         self.step = step
@@ -143,8 +143,7 @@ class _LeafReader:
 
     def __call__(self, path: tuple[str, ...]) -> np.ndarray:
         if path not in self.cache:
-            while len(self.cache) >= 2:
-                self.cache.pop(next(iter(self.cache)))
+            self.cache.clear()
             self.cache[path] = orbax_io.read_param(self.step, path, self.handler)
         return self.cache[path]
 
@@ -178,11 +177,16 @@ def _pieces(read: _LeafReader, entry, dtype: np.dtype) -> Iterator[np.ndarray]:
     read.drop(entry.path)
 
 
-def _fused_pieces(read: _LeafReader, gate_path, up_path, dtype: np.dtype) -> Iterator[np.ndarray]:
-    gate_edf, up_edf = read(gate_path), read(up_path)
-    for e in range(gate_edf.shape[0]):  # one expert's [2f, d] slice at a time
-        yield np.concatenate([gate_edf[e].T, up_edf[e].T]).astype(dtype)
-    read.drop(gate_path, up_path)
+def _fused_pieces(read: _LeafReader, gate_path, up_path, dtype: np.dtype) -> Iterator:
+    """gate_up_proj [e, 2f, d]: expert e's gate rows, then its up rows. Written one half at a
+    time at their offsets, so only one [e, d, f] leaf is held."""
+    for half, path in enumerate((gate_path, up_path)):
+        leaf_edf = read(path)
+        e, d, f = leaf_edf.shape
+        row = f * d * dtype.itemsize  # one expert's half, in bytes
+        for i in range(e):
+            yield (2 * i + half) * row, np.ascontiguousarray(leaf_edf[i].T, dtype=dtype)
+        read.drop(path)
 
 
 def _carried_tensor(store: SafetensorsDir, name: str) -> sts.TensorPlan:

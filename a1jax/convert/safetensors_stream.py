@@ -23,13 +23,15 @@ DTYPE_NAMES = {np.dtype(np.float32): "F32", np.dtype(ml_dtypes.bfloat16): "BF16"
                np.dtype(np.float16): "F16", np.dtype(np.float64): "F64",
                np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.int16): "I16",
                np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.bool_): "BOOL"}
-CHUNK_BYTES = 64 << 20  # contiguous pieces written at a time (the cast/transposed copy)
+CHUNK_BYTES = 16 << 20  # contiguous pieces written at a time (the cast/transposed copy)
 
 
 @dataclasses.dataclass(frozen=True)
 class TensorPlan:
     """One tensor to write: `pieces()` yields arrays of `dtype` whose C-order bytes, concatenated,
-    are the tensor's (pieces are produced lazily: only one need be in memory)."""
+    are the tensor's (pieces are produced lazily: only one need be in memory). A piece may also
+    be `(byte offset within the tensor, array)`, written there: a tensor interleaved from two
+    sources (the fused gate_up_proj) is then written one source at a time."""
 
     name: str
     shape: tuple[int, ...]
@@ -86,8 +88,11 @@ def write_shard(path: str, shard: ShardPlan) -> None:
     with open(path, "wb") as f:
         f.write(header_bytes(shard))
         for t in shard.tensors:
-            written = 0
+            start, written = f.tell(), 0
             for piece in t.pieces():
+                if isinstance(piece, tuple):
+                    offset, piece = piece
+                    f.seek(start + offset)
                 if piece.dtype != t.dtype:
                     raise AssertionError(f"{t.name}: piece of dtype {piece.dtype}, not {t.dtype}")
                 piece = np.ascontiguousarray(piece)
@@ -95,6 +100,7 @@ def write_shard(path: str, shard: ShardPlan) -> None:
                 written += piece.nbytes
             if written != t.nbytes:
                 raise AssertionError(f"{t.name}: wrote {written} bytes, expected {t.nbytes}")
+            f.seek(start + t.nbytes)
 
 
 def write_index(directory: str, shards: Sequence[ShardPlan]) -> None:
