@@ -76,11 +76,21 @@ def test_stage_files_validate_at_35b_on_8_devices(stage, tmp_path):
     trainer = runner.build(plan)
     state = trainer.abstract_state()
     assert sum(math.prod(x.shape) for x in jax.tree.leaves(state.params)) == 34_660_610_688
-    # Every weight is split over the 8 devices (FSDP + experts): no replicated matrix.
-    for path, sharding in jax.tree_util.tree_flatten_with_path(trainer.state_sharding.params)[0]:
-        leaf = path[-1].key
-        if leaf not in ("weight", "A_log", "dt_bias"):
+    # Every matrix is split over the 8 devices (FSDP + experts): none is replicated.
+    shardings = jax.tree.leaves(trainer.state_sharding.params)
+    for (path, leaf), sharding in zip(jax.tree_util.tree_flatten_with_path(state.params)[0],
+                                      shardings):
+        if leaf.ndim >= 2:
             assert sharding.num_devices == 8 and not sharding.is_fully_replicated, path
     assert config.seq_len == {"stage1_foundation": 32_768, "stage2_trajectory_extension": 65_536,
                               "stage3_frontier_hardening": 131_072}[stage]
     assert experiment.optim_config(config).learning_rate == 1e-5
+
+
+def test_later_stage_alone_needs_init_from(tmp_path):
+    config = curriculum.load_experiment(curriculum.stage_file(curriculum.STAGES[1]), "model=tiny")
+    with pytest.raises(runner.RunError) as e:
+        runner.check(config, str(tmp_path))
+    assert str(e.value) == ("stage2_trajectory_extension starts from the previous stage's "
+                            "weights: set --config.init_from to its workdir or checkpoint "
+                            "(a1jax.curriculum sets it)")

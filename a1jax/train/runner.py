@@ -101,7 +101,7 @@ def check(c: ml_collections.ConfigDict, workdir: str, num_devices: int | None = 
                            f"{model_config.vocab_size}; set --config.model.vocab_size")
 
     init_kind, init_path, init_step = "random", None, None
-    if c.requires_init and not c.init_from:
+    if c.requires_init and not c.init_from and check_init:
         raise RunError(f"{c.stage} starts from the previous stage's weights: set "
                        "--config.init_from to its workdir or checkpoint (a1jax.curriculum "
                        "sets it)")
@@ -234,12 +234,12 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
         report(f"{c.stage}: synthetic trajectories, horizons {c.data.horizon_min}-"
                f"{c.data.horizon_max}, mixture {c.data.mixture.to_dict()}")
         directory = data_lib.synthesize(c, os.path.join(workdir, "data"), encoder, report)
-    train_it = data_lib.train_iterator(c, directory, encoder)
-    eval_data = data_lib.eval_batches(c, directory, encoder)
-
     report(f"{c.stage}: model {c.model.preset} ({plan.model_config.moe_dispatch} MoE), mesh "
            f"{plan.spec.describe()}, {plan.steps} steps of {c.batch_size} x {c.seq_len} tokens")
     trainer = build(plan)
+    rows = trainer.process_rows()  # each process reads only the rows its devices hold
+    train_it = data_lib.train_iterator(c, directory, encoder, rows)
+    eval_data = data_lib.eval_batches(c, directory, encoder, rows)
     checkpoints = ckpt_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), every=c.checkpoint.every, keep=c.checkpoint.keep,
         final_step=plan.steps, async_save=c.checkpoint.async_save)
