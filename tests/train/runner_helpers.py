@@ -63,3 +63,23 @@ def assert_trees_close(a, b, atol: float) -> None:
     assert len(flat_a) == len(flat_b)
     for (path, x), y in zip(flat_a, flat_b):
         np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=jax.tree_util.keystr(path))
+
+
+def tensorboard_scalars(directory: str, tag: str) -> list[float]:
+    """The values logged under `tag` in the event files of `directory`, in order. Event files
+    are TFRecords (length, crc, payload, crc) of Event protos; tensorboardX ships the proto."""
+    import glob
+    import struct
+
+    from tensorboardX.proto import event_pb2
+    values = []
+    for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            values += [v.simple_value for v in event.summary.value if v.tag == tag]
+    return values

@@ -12,7 +12,7 @@ import pytest
 from a1jax.train import runner
 from a1jax.train.checkpoint import Checkpointer
 from tests.train.runner_helpers import (REPO, assert_trees_close, cli, final_params, losses,
-                                        stage1, start, wait_for_step)
+                                        stage1, start, tensorboard_scalars, wait_for_step)
 
 quiet = dict(report=lambda _: None)
 
@@ -32,6 +32,9 @@ def test_checkpoints_kept_and_summary(reference):
     train = losses(reference)
     assert sorted(train) == [1, 2, 3, 4, 5, 6]
     assert sorted(losses(reference, "eval")) == [0, 3, 6]
+    # The same records as TensorBoard events (read back with tensorboardX's own event reader).
+    assert tensorboard_scalars(os.path.join(reference, "tensorboard"), "train/loss") == [
+        pytest.approx(train[s], rel=1e-6) for s in range(1, 7)]
     # A second run of a finished stage does nothing.
     again = runner.run(stage1(), reference, **quiet)
     assert again["status"] == "already finished"
