@@ -1,6 +1,10 @@
 """Score token sequences with a model: logits and the log-probability of each next token.
 
-    python -m a1jax.score --model HF_DIR --tokens tokens.json --out scores.npz [--dtype float32]
+    python -m a1jax.score --model HF_DIR|CHECKPOINT --tokens tokens.json --out scores.npz \
+        [--dtype float32]
+
+The model is a Hugging Face directory or an a1jax checkpoint (a run workdir, its checkpoints/
+root: the latest step, or one step directory), whose model config its `meta` item records.
 
 tokens.json holds a JSON list of token-id lists of equal length. The .npz gets `logits`
 (float32, [batch, length, vocab]) and `logprobs` (float32, [batch, length - 1]: the
@@ -66,22 +70,43 @@ def score(config: ModelConfig, params: dict, tokens_bt: np.ndarray) -> tuple[np.
     return np.asarray(logits, np.float32), np.asarray(logprobs, np.float32)
 
 
+def load_checkpoint(path: str, dtype: str) -> tuple[ModelConfig, dict]:
+    """The model config and parameters (host numpy, one leaf read at a time) of a checkpoint."""
+    from a1jax.convert import orbax_io
+
+    step_dir = orbax_io.resolve_step_dir(path)
+    meta = orbax_io.read_meta(step_dir)
+    config = ModelConfig.from_json_dict(meta["model_config"]).replace(dtype=dtype)
+    params: dict = {}
+    for leaf_path, array in orbax_io.iter_params(step_dir):
+        node = params
+        for key in leaf_path[:-1]:
+            node = node.setdefault(key, {})
+        node[leaf_path[-1]] = array
+    print(f"checkpoint {step_dir}")
+    return config, params
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m a1jax.score", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="Hugging Face model directory")
+    parser.add_argument("--model", required=True, help="Hugging Face directory or a1jax checkpoint")
     parser.add_argument("--tokens", required=True, help="JSON list of token-id lists")
     parser.add_argument("--out", required=True, help="output .npz")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="compute dtype")
     args = parser.parse_args(argv)
 
-    config = read_config(args.model, dtype=args.dtype)
-    tokens = read_tokens(args.tokens, config.vocab_size)
     start = time.perf_counter()
-    config, params, report = load_params(args.model, config)
-    if report.not_imported:
-        print(f"not part of the text model, not loaded: {len(report.not_imported)} tensors "
-              f"(e.g. {report.not_imported[0]})")
+    if os.path.isfile(os.path.join(args.model, "config.json")) or not os.path.isdir(args.model):
+        config = read_config(args.model, dtype=args.dtype)
+        tokens = read_tokens(args.tokens, config.vocab_size)
+        config, params, report = load_params(args.model, config)
+        if report.not_imported:
+            print(f"not part of the text model, not loaded: {len(report.not_imported)} tensors "
+                  f"(e.g. {report.not_imported[0]})")
+    else:
+        config, params = load_checkpoint(args.model, args.dtype)
+        tokens = read_tokens(args.tokens, config.vocab_size)
     logits, logprobs = score(config, params, tokens)
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)

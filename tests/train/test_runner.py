@@ -141,3 +141,17 @@ def test_errors_before_compiling(reference, tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: unknown config key '--config.optim.lr': the experiment file's config "
         "(a1jax.experiment.base) has no such key")
+
+
+def test_score_reads_a_run_checkpoint(reference, tmp_path):
+    from a1jax import score
+    from a1jax.model import ModelConfig
+
+    tokens_path, out = tmp_path / "tokens.json", tmp_path / "scores.npz"
+    tokens_path.write_text("[[5, 17, 300, 2, 9, 4095]]")
+    assert score.main(["--model", reference, "--tokens", str(tokens_path), "--out", str(out)]) == 0
+    meta = Checkpointer(os.path.join(reference, "checkpoints"), read_only=True).meta()
+    config = ModelConfig.from_json_dict(meta["model_config"])
+    logits, _ = score.score(config, final_params(reference),
+                            np.array([[5, 17, 300, 2, 9, 4095]], np.int32))
+    np.testing.assert_array_equal(np.load(out)["logits"], logits)
