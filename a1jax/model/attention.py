@@ -75,7 +75,10 @@ def attend(config: ModelConfig, shards: SequenceShards | None, q_bthk: jax.Array
     if shards is not None:
         return context_parallel_attention(shards, q_bthk, k_btnk, v_btnk, runs_bt, index_bt,
                                           config.attention_block_size)
-    if config.attention_impl == "reference":
+    t = q_bthk.shape[1]
+    # One tile covers a short sequence: the dense form is then the same computation, unrolled.
+    if config.attention_impl == "reference" or (config.attention_impl == "blockwise"
+                                                and t <= config.attention_block_size):
         return reference_attention(q_bthk, k_btnk, v_btnk, runs_bt)
     if config.attention_impl == "cudnn":
         return cudnn_attention(q_bthk, k_btnk, v_btnk, runs_bt)
