@@ -103,36 +103,45 @@ def import_hf(hf_dir: str, out: str, *, model: str | None = None, layout: str | 
     shardings = param_shardings(boxed, make_mesh(spec, devices), spec.rules)
 
     params: dict = {}
-    bytes_read = 0
+    counter = {"bytes_read": 0}
     for entry in matched:
         sharding = _get(shardings, entry.path)
-        blocks: dict[tuple, np.ndarray] = {}  # replicated dims: one read per distinct block
-
-        def block(index, entry=entry, blocks=blocks):
-            nonlocal bytes_read
-            key = tuple(s.indices(d)[:2] for s, d in zip(index, entry.shape))
-            if key not in blocks:
-                blocks[key] = np.asarray(read_block(entry, index, store.get_box), np.float32)
-                bytes_read += blocks[key].nbytes
-            return blocks[key]
-
-        try:
-            array = jax.make_array_from_callback(entry.shape, sharding, block)
-        except LoadError:
-            raise
-        except Exception as e:  # a truncated shard surfaces here, inside the read
-            raise LoadError(f"{hf_dir}: cannot read {entry.hf_names[0]}: {e}") from None
-        _set(params, entry.path, array)
-        blocks.clear()
+        _set(params, entry.path, orbax_io.LazyArray(
+            entry.shape, np.float32, sharding,
+            functools.partial(_make_array, entry, sharding, store, counter)))
 
     tokenizer = hf_dir if os.path.isfile(os.path.join(hf_dir, "tokenizer.json")) else None
     meta = {"model_config": config.to_json_dict(),
             "tokenizer": os.path.abspath(tokenizer) if tokenizer else None,
             "hf_source": {"path": os.path.abspath(hf_dir), "not_imported": report.not_imported}}
-    step_dir = orbax_io.write_params_checkpoint(out, 0, params, meta)
-    store.close()
-    return ImportResult(str(step_dir), config, report, len(matched), bytes_read,
+    try:  # each parameter is made (read) when it is written, then dropped
+        step_dir = orbax_io.write_params_checkpoint(out, 0, params, meta)
+    finally:
+        store.close()
+    return ImportResult(str(step_dir), config, report, len(matched), counter["bytes_read"],
                         time.perf_counter() - start)
+
+
+def _make_array(entry, sharding, store: SafetensorsDir, counter: dict) -> jax.Array:
+    """The a1jax parameter of `entry`, sharded: each addressable device's block is read from the
+    safetensors shards (replicated blocks once). Only the shard files this entry lives in stay
+    mapped, so that the pages of finished files are not kept resident."""
+    store.keep_open({store.weight_map[name] for name in entry.hf_names})
+    blocks: dict[tuple, np.ndarray] = {}  # replicated dims: one read per distinct block
+
+    def block(index):
+        key = tuple(s.indices(d)[:2] for s, d in zip(index, entry.shape))
+        if key not in blocks:
+            blocks[key] = np.asarray(read_block(entry, index, store.get_box), np.float32)
+            counter["bytes_read"] += blocks[key].nbytes
+        return blocks[key]
+
+    try:
+        return jax.make_array_from_callback(entry.shape, sharding, block)
+    except LoadError:
+        raise
+    except Exception as e:  # a truncated shard surfaces here, inside the read
+        raise LoadError(f"{store.path}: cannot read {entry.hf_names[0]}: {e}") from None
 
 
 def _get(tree: Any, path: tuple[str, ...]) -> Any:

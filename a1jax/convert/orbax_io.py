@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -116,19 +117,87 @@ def read_param(step_dir: str | os.PathLike, path: ParamPath,
     return np.asarray(out)
 
 
+class LazyArray:
+    """A parameter that `write_params_checkpoint` makes only when it writes it (then drops it):
+    `make()` returns the jax.Array of `shape`, `dtype` and `sharding`."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any, sharding: Any,
+                 make: Callable[[], Any]):
+        self.shape, self.dtype, self.sharding, self.make = \
+            tuple(shape), np.dtype(dtype), sharding, make
+
+    def __repr__(self) -> str:
+        return f"LazyArray({self.shape}, {self.dtype})"
+
+
+class _StreamingArrayHandler(ocp.type_handlers.ArrayHandler):
+    """orbax's jax.Array handler, one array at a time: each LazyArray is made, written (its
+    shards, its sharding and array metadata, exactly as the stock handler writes a jax.Array)
+    and dropped before the next is made, so that a save holds one leaf, not the tree. Its
+    typestr is the stock handler's: what it writes restores as jax.Arrays."""
+
+    async def serialize(self, values, infos, args=None):
+        args = args or [ocp.SaveArgs()] * len(values)
+        for value, info, arg in zip(values, infos, args):
+            array = value.make() if isinstance(value, LazyArray) else value
+            if (array.shape, np.dtype(array.dtype)) != (tuple(value.shape),
+                                                         np.dtype(value.dtype)):
+                raise AssertionError(f"{info.name}: made {array.shape} {array.dtype}, "
+                                     f"expected {value.shape} {value.dtype}")
+            for f in await super().serialize([array], [info], [arg]):
+                f.result()
+            del array
+        return []
+
+
+class _StreamingSaveHandler(ocp.PyTreeCheckpointHandler):
+    """Writes the `params` item exactly as StandardSave does (same files, same metadata, and
+    the same handler name in the step's metadata), leaf by leaf (see _StreamingArrayHandler)."""
+
+    def __init__(self):
+        streaming = _StreamingArrayHandler(array_metadata_store=_array_metadata_store())
+        registry = ocp.type_handlers.create_type_handler_registry(
+            (int, ocp.type_handlers.ScalarHandler()), (float, ocp.type_handlers.ScalarHandler()),
+            (np.number, ocp.type_handlers.ScalarHandler()),
+            (np.ndarray, ocp.type_handlers.NumpyHandler()),
+            (jax.Array, streaming), (LazyArray, streaming))
+        # As StandardCheckpointHandler configures its PyTreeCheckpointHandler.
+        super().__init__(save_concurrent_gb=96, restore_concurrent_gb=96,
+                         type_handler_registry=registry)
+
+    @classmethod
+    def typestr(cls) -> str:
+        return ocp.StandardCheckpointHandler.typestr()
+
+
+def _array_metadata_store():
+    from orbax.checkpoint._src.metadata import array_metadata_store
+    return array_metadata_store.Store()
+
+
 def write_params_checkpoint(root: str | os.PathLike, step: int, params: Any,
                             meta: Mapping[str, Any]) -> Path:
-    """Saves `params` (a tree of arrays, sharded jax.Arrays included) and `meta` as step `step`
-    of CheckpointManager root `root`; returns the step directory. Every process of a
-    multi-process job calls this (orbax writes each process's shards)."""
+    """Saves `params` and `meta` as step `step` of CheckpointManager root `root`; returns the
+    step directory. Every process of a multi-process job calls this (each writes its own
+    shards).
+
+    `params` leaves are arrays (sharded jax.Arrays included) or LazyArrays, made one at a time
+    as they are written: a tree of LazyArrays is saved holding one leaf at a time. The item is
+    what `StandardSave(params)` writes, and restores with `StandardRestore`."""
     unknown = sorted(set(meta) - set(META_KEYS))
     if unknown:
         raise ValueError(f"unknown meta key(s): {', '.join(unknown)}")
     meta = {key: meta.get(key) for key in META_KEYS}
-    manager = ocp.CheckpointManager(epath.Path(os.path.abspath(root)), item_names=(PARAMS, META))
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    registry.add(PARAMS, ocp.args.PyTreeSave, _StreamingSaveHandler())
+    registry.add(META, ocp.args.JsonSave, ocp.JsonCheckpointHandler())
+    manager = ocp.CheckpointManager(
+        epath.Path(os.path.abspath(root)),
+        options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False),
+        handler_registry=registry)
     try:
         manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+            params=ocp.args.PyTreeSave(params), meta=ocp.args.JsonSave(meta)))
         manager.wait_until_finished()
     finally:
         manager.close()
