@@ -124,9 +124,8 @@ def import_hf(hf_dir: str, out: str, *, model: str | None = None, layout: str | 
 
 def _make_array(entry, sharding, store: SafetensorsDir, counter: dict) -> jax.Array:
     """The a1jax parameter of `entry`, sharded: each addressable device's block is read from the
-    safetensors shards (replicated blocks once). Only the shard files this entry lives in stay
-    mapped, so that the pages of finished files are not kept resident."""
-    store.keep_open({store.weight_map[name] for name in entry.hf_names})
+    safetensors shards (replicated blocks once). The shard files are unmapped afterwards, so
+    that the pages read are not kept resident (reopening a file reads its header only)."""
     blocks: dict[tuple, np.ndarray] = {}  # replicated dims: one read per distinct block
 
     def block(index):
@@ -142,6 +141,8 @@ def _make_array(entry, sharding, store: SafetensorsDir, counter: dict) -> jax.Ar
         raise
     except Exception as e:  # a truncated shard surfaces here, inside the read
         raise LoadError(f"{store.path}: cannot read {entry.hf_names[0]}: {e}") from None
+    finally:
+        store.close()  # unmapped: the pages read stay resident only while the entry is read
 
 
 def _get(tree: Any, path: tuple[str, ...]) -> Any:

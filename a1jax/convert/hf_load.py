@@ -119,12 +119,6 @@ class SafetensorsDir:
         except Exception as e:
             raise LoadError(f"{self.path}: cannot read tensor {name}: {e}") from None
 
-    def keep_open(self, filenames) -> None:
-        """Closes (unmaps) every open file but `filenames`: a reader going through the model
-        file by file then keeps only the current file's pages mapped."""
-        for filename in [f for f in self._open if f not in filenames]:
-            del self._open[filename]
-
     def close(self) -> None:
         self._open.clear()
 

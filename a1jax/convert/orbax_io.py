@@ -16,6 +16,7 @@ leaves of the shards it writes).
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -147,6 +148,7 @@ class _StreamingArrayHandler(ocp.type_handlers.ArrayHandler):
             for f in await super().serialize([array], [info], [arg]):
                 f.result()
             del array
+            _release_freed_memory()
         return []
 
 
@@ -168,6 +170,22 @@ class _StreamingSaveHandler(ocp.PyTreeCheckpointHandler):
     @classmethod
     def typestr(cls) -> str:
         return ocp.StandardCheckpointHandler.typestr()
+
+
+def _release_freed_memory() -> None:
+    """Hands the heap's free pages back to the system (glibc keeps freed memory in per-thread
+    arenas; tensorstore's writer threads would otherwise leave each leaf's buffers resident)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 def _array_metadata_store():
