@@ -217,12 +217,24 @@ def validate(c: ml_collections.ConfigDict) -> None:
     num_steps(c)
 
 
+# Model fields that say how to compute, not what the parameters are: a checkpoint made with other
+# values of these loads, and a resumed run may change them.
+COMPUTE_FIELDS = frozenset({
+    "dtype", "deltanet_chunk_size", "deltanet_impl", "moe_dispatch", "moe_capacity_factor",
+    "remat", "attention_impl", "attention_block_size", "context_parallel", "eos_token_id",
+    "initializer_range", "router_aux_loss_coef", "max_position_embeddings"})
+
+
+def parameter_fields(config: ModelConfig) -> dict[str, Any]:
+    """The model config without COMPUTE_FIELDS: equal for two configs whose parameters match."""
+    return {k: v for k, v in config.to_json_dict().items() if k not in COMPUTE_FIELDS}
+
+
 def identity(c: ml_collections.ConfigDict) -> dict[str, Any]:
     """What makes two runs the same experiment (a workdir's checkpoints must match it):
     the stage, the model, the data and the step's shape; not steps, logging or layout, which a
     resumed run may change."""
-    return {"stage": c.stage, "model": model_config(c).replace(
-                moe_dispatch="dropless", remat="none").to_json_dict(),
+    return {"stage": c.stage, "model": parameter_fields(model_config(c)),
             "seed": c.seed, "seq_len": c.seq_len, "batch_size": c.batch_size,
             "data": {"dir": c.data.dir, "mixture": c.data.mixture.to_dict(),
                      "horizon": [c.data.horizon_min, c.data.horizon_max]}}

@@ -38,12 +38,6 @@ from a1jax.train import data as data_lib
 from a1jax.train.metrics import MetricsLog, Progress
 from a1jax.train.sharded import Trainer, build_trainer
 
-# Model fields that do not change the parameters: a checkpoint made with other values loads.
-_COMPUTE_FIELDS = ("dtype", "deltanet_chunk_size", "deltanet_impl", "moe_dispatch",
-                   "moe_capacity_factor", "remat", "eos_token_id", "initializer_range",
-                   "router_aux_loss_coef", "max_position_embeddings")
-
-
 class RunError(A1Error):
     """A run that cannot start or go on."""
 
@@ -61,10 +55,6 @@ class Plan:
     init_kind: str  # "random", "hf" or "checkpoint"
     init_path: str | None
     init_step: int | None
-
-
-def _shapes(config: ModelConfig) -> dict[str, Any]:
-    return {k: v for k, v in config.to_json_dict().items() if k not in _COMPUTE_FIELDS}
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -122,7 +112,8 @@ def check(c: ml_collections.ConfigDict, workdir: str, num_devices: int | None = 
             meta = reader.meta(init_step)
             init_step = init_step if init_step is not None else reader.latest_step()
             theirs = ModelConfig.from_json_dict(meta["model_config"])
-        diff = _differences(_shapes(model_config), _shapes(theirs))
+        diff = _differences(experiment.parameter_fields(model_config),
+                            experiment.parameter_fields(theirs))
         if diff:
             raise RunError(f"init_from {c.init_from} is a different model: "
                            f"{'; '.join(diff[:3])}")
