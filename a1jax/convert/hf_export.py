@@ -187,6 +187,7 @@ def _fused_pieces(read: _LeafReader, gate_path, up_path, dtype: np.dtype) -> Ite
         for i in range(e):
             yield (2 * i + half) * row, np.ascontiguousarray(leaf_edf[i].T, dtype=dtype)
         read.drop(path)
+        del leaf_edf  # before the next half is read, not after
 
 
 def _carried_tensor(store: SafetensorsDir, name: str) -> sts.TensorPlan:

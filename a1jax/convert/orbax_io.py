@@ -115,7 +115,9 @@ def read_param(step_dir: str | os.PathLike, path: ParamPath,
         raise CheckpointError(f"{step_dir}: cannot read parameter {'/'.join(path)}: {e}") from None
     for key in path:
         out = out[key]
-    return np.asarray(out)
+    out = np.asarray(out)
+    _release_freed_memory()  # the reader threads' buffers: one leaf stays resident, not several
+    return out
 
 
 class LazyArray:
