@@ -7,7 +7,7 @@ import glob
 import json
 import os
 import shutil
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
@@ -79,31 +79,93 @@ def _matches(marker: str, spec: dict[str, Any]) -> bool:
 
 def pipeline_config(c: ml_collections.ConfigDict, *, mixture: bool = True,
                     seed_offset: int = 0) -> PipelineConfig:
-    processes = jax.process_count()
-    if c.batch_size % processes:
-        raise DataError(f"batch_size {c.batch_size} is not divisible by the {processes} "
-                        "processes, which each read their own rows")
+    """The whole global batch read by one pipeline (held-out batches: small and fixed)."""
     return PipelineConfig(
-        seq_len=c.seq_len, batch_size=c.batch_size // processes, seed=c.seed + seed_offset,
+        seq_len=c.seq_len, batch_size=c.batch_size, seed=c.seed + seed_offset,
         mixture=c.data.mixture.to_dict() if mixture else None,
-        length_policy=c.data.length_policy, shard_index=jax.process_index(),
-        shard_count=processes)
+        length_policy=c.data.length_policy)
 
 
-def train_iterator(c: ml_collections.ConfigDict, directory: str, encoder: TrajectoryEncoder):
-    """The resumable grain iterator over this process's share of the train split."""
-    source = tfds_builder.TfdsSource(directory, "train")
-    return iter(make_dataset(source, encoder, pipeline_config(c)))
+class RowReader:
+    """The train batches' rows that this process's devices hold, one reader per global row.
+
+    Row r of every global batch is packed by reader r of `batch_size`, from its own 1/batch_size
+    share of every domain's records. The global batch is therefore the same whatever the number
+    of processes, and each process reads only the rows it holds: its whole rows under data or
+    expert parallelism, and under sequence parallelism the rows it holds a piece of (packing
+    needs a row whole). Its state is every row's grain iterator state; with several processes
+    `get_state` gathers all of them, so that the one state saved with a checkpoint resumes any
+    process count.
+    """
+
+    def __init__(self, c: ml_collections.ConfigDict, directory: str,
+                 encoder: TrajectoryEncoder, rows: Sequence[int]):
+        source = tfds_builder.TfdsSource(directory, "train")
+        self.rows = list(rows)
+        self._its = {r: iter(make_dataset(source, encoder, PipelineConfig(
+            seq_len=c.seq_len, batch_size=1, seed=c.seed, mixture=c.data.mixture.to_dict(),
+            length_policy=c.data.length_policy, shard_index=r, shard_count=c.batch_size,
+            num_packing_bins=min(c.batch_size, 8), prefetch_threads=1)))
+            for r in self.rows}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batches = [next(self._its[r]) for r in self.rows]
+        return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+    def get_state(self) -> dict[str, Any]:
+        own = {str(r): it.get_state() for r, it in self._its.items()}
+        if jax.process_count() > 1:
+            own = _gather_json(own)
+        return {"rows": own}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        rows = state.get("rows", {}) if isinstance(state, dict) else {}
+        missing = [r for r in self.rows if str(r) not in rows]
+        if missing:
+            raise DataError(f"the checkpoint's data state has no reader for row {missing[0]} "
+                            "(written with another batch_size, or by an older a1jax)")
+        for r in self.rows:
+            self._its[r].set_state(rows[str(r)])
 
 
-def eval_batches(c: ml_collections.ConfigDict, directory: str, encoder: TrajectoryEncoder
-                 ) -> list[dict[str, np.ndarray]]:
+def _gather_json(own: dict[str, Any]) -> dict[str, Any]:
+    """Every process's dict merged (as JSON bytes through a process allgather)."""
+    from jax.experimental import multihost_utils
+    data = np.frombuffer(json.dumps(own).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.array([data.size], np.int64))
+    padded = np.zeros(int(np.max(sizes)), np.uint8)
+    padded[:data.size] = data
+    every = multihost_utils.process_allgather(padded)
+    merged: dict[str, Any] = {}
+    for size, row in zip(np.asarray(sizes).reshape(-1), np.asarray(every)):
+        merged.update(json.loads(bytes(row[:int(size)]).decode()))
+    return merged
+
+
+def train_iterator(c: ml_collections.ConfigDict, directory: str, encoder: TrajectoryEncoder,
+                   rows: Sequence[int] | None = None) -> RowReader:
+    """The resumable reader of the train rows this process holds (default: every row, one
+    process)."""
+    if c.batch_size % jax.process_count():
+        raise DataError(f"batch_size {c.batch_size} is not divisible by the "
+                        f"{jax.process_count()} processes")
+    return RowReader(c, directory, encoder, range(c.batch_size) if rows is None else rows)
+
+
+def eval_batches(c: ml_collections.ConfigDict, directory: str, encoder: TrajectoryEncoder,
+                 rows: Sequence[int] | None = None) -> list[dict[str, np.ndarray]]:
     """`data.eval_batches` fixed batches of the held-out split (the same at every eval, and the
-    same for every stage reading this dataset); the train split when there is no eval split."""
+    same for every stage reading this dataset), restricted to `rows` (default: all). Every
+    process reads the small held-out split whole and keeps its rows, so that eval batches do not
+    depend on the process count either."""
     try:
         source = tfds_builder.TfdsSource(directory, "eval")
     except ValueError:
         raise DataError(f"{directory}: no eval split; prepare the data with "
                         "--eval-fraction > 0") from None
     it = iter(make_dataset(source, encoder, pipeline_config(c, mixture=False, seed_offset=1)))
-    return [next(it) for _ in range(c.data.eval_batches)]
+    keep = np.asarray(list(range(c.batch_size) if rows is None else rows))
+    return [{k: v[keep] for k, v in next(it).items()} for _ in range(c.data.eval_batches)]

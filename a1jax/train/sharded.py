@@ -35,6 +35,7 @@ class Trainer:
     _init: Callable
     _step: Callable
     _eval: Callable
+    batch_shape: tuple[int, int] = (0, 0)  # the global batch: (sequences, tokens)
 
     @contextlib.contextmanager
     def context(self):
@@ -54,18 +55,40 @@ class Trainer:
         with self.context():
             return self._eval(params, batch)
 
+    def process_rows(self) -> list[int]:
+        """The global batch rows that this process's devices hold, whole or in sequence pieces
+        (every row with one process). The data reader reads exactly these."""
+        shape = self.batch_shape
+        rows: set[int] = set()
+        for device, index in self.batch_sharding.devices_indices_map(shape).items():
+            if device.process_index == jax.process_index():
+                rows.update(range(*index[0].indices(shape[0])))
+        return sorted(rows)
+
     def put_batch(self, batch: dict) -> dict:
         """Host arrays -> global arrays laid out as the step expects. With one process `batch`
-        is the global batch; with several, each passes its own rows (the global batch's rows
-        in process order, as the data pipeline's `shard_index` reads them)."""
+        is the global batch; with several, each passes the rows `process_rows()` names, in that
+        order, and each device takes its block of them: rows under data/expert parallelism,
+        a piece of a row's time axis under sequence parallelism."""
         if jax.process_count() == 1:
             return {k: jax.device_put(np.asarray(batch[k], np.int32), self.batch_sharding)
                     for k in BATCH_KEYS}
-        rows = np.asarray(batch["tokens"]).shape[0]
-        shape = (rows * jax.process_count(), np.asarray(batch["tokens"]).shape[1])
-        return {k: jax.make_array_from_process_local_data(
-                    self.batch_sharding, np.asarray(batch[k], np.int32), shape)
-                for k in BATCH_KEYS}
+        shape = self.batch_shape
+        position = {r: i for i, r in enumerate(self.process_rows())}
+        if np.asarray(batch["tokens"]).shape != (len(position), shape[1]):
+            raise ValueError(f"put_batch: this process holds {len(position)} rows of "
+                             f"{shape[1]} tokens, got {np.asarray(batch['tokens']).shape}")
+
+        def block(host, index):
+            rows = [position[r] for r in range(*index[0].indices(shape[0]))]
+            return host[rows][:, index[1]]
+
+        out = {}
+        for k in BATCH_KEYS:
+            host = np.asarray(batch[k], np.int32)
+            out[k] = jax.make_array_from_callback(
+                shape, self.batch_sharding, lambda index, host=host: block(host, index))
+        return out
 
     def abstract_state(self) -> TrainState:
         """The state's shapes and dtypes, without allocating it (for ahead-of-time compiles)."""
@@ -106,4 +129,5 @@ def build_trainer(model_config: ModelConfig, optim_config: OptimConfig, spec: Me
         donate_argnums=0)
     evaluate = jax.jit(functools.partial(eval_step, model_config=model_config),
                        in_shardings=(p_shard, batch_sharding), out_shardings=replicated)
-    return Trainer(mesh, spec, model_config, state_sharding, batch_sharding, init, step, evaluate)
+    return Trainer(mesh, spec, model_config, state_sharding, batch_sharding, init, step, evaluate,
+                   (batch, seq))
