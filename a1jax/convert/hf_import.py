@@ -124,25 +124,29 @@ def import_hf(hf_dir: str, out: str, *, model: str | None = None, layout: str | 
 
 def _make_array(entry, sharding, store: SafetensorsDir, counter: dict) -> jax.Array:
     """The a1jax parameter of `entry`, sharded: each addressable device's block is read from the
-    safetensors shards (replicated blocks once). The shard files are unmapped afterwards, so
-    that the pages read are not kept resident (reopening a file reads its header only)."""
-    blocks: dict[tuple, np.ndarray] = {}  # replicated dims: one read per distinct block
-
-    def block(index):
+    safetensors shards (a block replicated over several devices once), put on its devices and
+    dropped before the next is read. The shard files are unmapped afterwards, so that the pages
+    read are not kept resident (reopening a file reads its header only)."""
+    by_block: dict[tuple, list] = {}  # devices holding the same block (replicated dims)
+    for device, index in sharding.addressable_devices_indices_map(entry.shape).items():
         key = tuple(s.indices(d)[:2] for s, d in zip(index, entry.shape))
-        if key not in blocks:
-            blocks[key] = np.asarray(read_block(entry, index, store.get_box), np.float32)
-            counter["bytes_read"] += blocks[key].nbytes
-        return blocks[key]
-
+        by_block.setdefault(key, [index]).append(device)
+    arrays: dict = {}
     try:
-        return jax.make_array_from_callback(entry.shape, sharding, block)
+        for index, *devices in by_block.values():
+            block = np.asarray(read_block(entry, index, store.get_box), np.float32)
+            counter["bytes_read"] += block.nbytes
+            for device in devices:
+                arrays[device] = jax.device_put(block, device)
+            del block
     except LoadError:
         raise
     except Exception as e:  # a truncated shard surfaces here, inside the read
         raise LoadError(f"{store.path}: cannot read {entry.hf_names[0]}: {e}") from None
     finally:
-        store.close()  # unmapped: the pages read stay resident only while the entry is read
+        store.close()
+    return jax.make_array_from_single_device_arrays(
+        entry.shape, sharding, [arrays[d] for d in sharding.addressable_devices])
 
 
 def _get(tree: Any, path: tuple[str, ...]) -> Any:
