@@ -13,8 +13,8 @@ and peak RSS of each direction.
 Each phase runs in its own process and reports its own peak RSS (ru_maxrss), compared with the
 bound "3x the largest tensor (fp32, as a1jax holds it) plus the shard size". Import's and
 export's baselines are the peak RSS of a process that only imported what that phase imports and
-started jax's devices. The directory is removed at the end unless --keep. `--model small` (~0.18B) is what
-tests/convert/test_memory.py checks the bound with (`measure`).
+started jax's devices. The directory is removed at the end unless --keep. `--model small`
+(~0.2B parameters) is what tests/convert/test_memory.py checks the bound with (`measure`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ CONFIGS = {
         linear_num_key_heads=8, linear_num_value_heads=16, linear_key_head_dim=64,
         linear_value_head_dim=64, num_experts=64, num_experts_per_tok=4,
         moe_intermediate_size=576, shared_expert_intermediate_size=512, eos_token_id=2),
-    "small": dict(  # ~0.18B parameters, largest fp32 tensor 50 MB: the RSS test's model
+    "small": dict(  # ~0.2B parameters, largest fp32 tensor 50 MB: the RSS test's model
         vocab_size=12_288, hidden_size=1024, num_hidden_layers=4, full_attention_interval=4,
         num_attention_heads=8, num_key_value_heads=2, head_dim=128,
         linear_num_key_heads=8, linear_num_value_heads=16, linear_key_head_dim=64,

@@ -8,10 +8,12 @@ A checkpoint root is an `orbax.checkpoint.CheckpointManager` directory (a run's 
     data       JsonSave of the data iterator state (absent in imported checkpoints)
     meta       JsonSave of {"model_config", "tokenizer", "stage", "experiment", "hf_source"}
 
-Export and import read and write this format without holding the whole model: `iter_params`
-restores one leaf at a time to host numpy, through orbax's handler rather than a Checkpointer so
-that no cross-process barrier is involved (in a multi-process export each process reads only the
-leaves of the shards it writes).
+Export and import read and write this format without holding the whole model: import saves a
+tree of `LazyArray`s, each made, written and dropped in turn (`write_params_checkpoint`: the
+same files and metadata as StandardSave, restored with StandardRestore as any run's params);
+`iter_params` restores one leaf at a time to host numpy, through orbax's handler rather than a
+Checkpointer so that no cross-process barrier is involved (in a multi-process export each process
+reads only the leaves of the shards it writes).
 """
 
 from __future__ import annotations
