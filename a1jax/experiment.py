@@ -52,6 +52,9 @@ def base() -> ml_collections.ConfigDict:
     c.model.moe_capacity_factor = config_dict.placeholder(float)
     c.model.remat = config_dict.placeholder(str)  # none | full | dots
     c.model.extra = ""
+    # "none", or "yarn": when seq_len exceeds the model's native context, YaRN RoPE scaling by
+    # seq_len / native (Qwen3.5's native 262,144 covers every stage, so it never applies there).
+    c.model.rope_scaling = "none"
 
     # "" (random), a Hugging Face directory (stage 1 from Qwen3.5-35B-A3B), or an a1jax checkpoint:
     # a run's workdir, its checkpoints/ directory, or one step directory. Only the parameters are
@@ -155,7 +158,16 @@ def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
         except json.JSONDecodeError:
             changes[name] = value
     try:
-        return get_preset(c.model.preset).replace(**changes)
+        config = get_preset(c.model.preset).replace(**changes)
+        if c.model.rope_scaling not in ("none", "yarn"):
+            raise ExperimentError(f"model.rope_scaling must be 'none' or 'yarn', got "
+                                  f"{c.model.rope_scaling!r}")
+        native = config.max_position_embeddings
+        if c.model.rope_scaling == "yarn" and config.rope_type == "default" and c.seq_len > native:
+            config = config.replace(rope_type="yarn", rope_factor=c.seq_len / native,
+                                    rope_original_max_position_embeddings=native,
+                                    max_position_embeddings=c.seq_len)
+        return config
     except (TypeError, A1Error) as e:
         raise ExperimentError(f"model config: {e}") from None
 
@@ -211,9 +223,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     config = model_config(c)
     if c.seq_len > config.max_position_embeddings:
         raise ExperimentError(
-            f"seq_len {c.seq_len} exceeds the model's native context "
-            f"max_position_embeddings={config.max_position_embeddings}; extending it needs RoPE "
-            "scaling, which a1jax does not implement yet")
+            f"seq_len {c.seq_len} exceeds the model's context max_position_embeddings="
+            f"{config.max_position_embeddings}; set --config.model.rope_scaling=yarn to extend it")
     num_steps(c)
 
 
@@ -222,7 +233,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
 COMPUTE_FIELDS = frozenset({
     "dtype", "deltanet_chunk_size", "deltanet_impl", "moe_dispatch", "moe_capacity_factor",
     "remat", "attention_impl", "attention_block_size", "context_parallel", "eos_token_id",
-    "initializer_range", "router_aux_loss_coef", "max_position_embeddings"})
+    "initializer_range", "router_aux_loss_coef", "max_position_embeddings", "rope_type",
+    "rope_factor", "rope_original_max_position_embeddings", "rope_beta_fast", "rope_beta_slow"})
 
 
 def parameter_fields(config: ModelConfig) -> dict[str, Any]:

@@ -94,3 +94,17 @@ def test_later_stage_alone_needs_init_from(tmp_path):
     assert str(e.value) == ("stage2_trajectory_extension starts from the previous stage's "
                             "weights: set --config.init_from to its workdir or checkpoint "
                             "(a1jax.curriculum sets it)")
+
+
+def test_stage_longer_than_native_context_gets_yarn():
+    config = curriculum.load_experiment(curriculum.stage_file(curriculum.STAGES[1]), "model=tiny")
+    config.model.extra = "max_position_embeddings=1024"  # a model with a 1,024-token context
+    model = experiment.model_config(config)
+    assert (model.rope_type, model.rope_factor, model.rope_original_max_position_embeddings,
+            model.max_position_embeddings) == ("yarn", 2.0, 1024, 2048)
+    experiment.validate(config)
+    config.model.rope_scaling = "none"
+    with pytest.raises(experiment.ExperimentError) as e:
+        experiment.validate(config)
+    assert str(e.value) == ("seq_len 2048 exceeds the model's context max_position_embeddings="
+                            "1024; set --config.model.rope_scaling=yarn to extend it")

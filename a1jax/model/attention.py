@@ -110,8 +110,8 @@ class GatedAttention(nn.Module):
         v_btnk = jnp.einsum("btd,dnk->btnk", x, w_v.astype(dtype))
         q_bthk = RMSNorm(c.rms_norm_eps, axis="head_dim", name="q_norm")(q_bthk)
         k_btnk = RMSNorm(c.rms_norm_eps, axis="head_dim", name="k_norm")(k_btnk)
-        q_bthk = apply_rope(q_bthk, positions_bt, c.rotary_dim, c.rope_theta)
-        k_btnk = apply_rope(k_btnk, positions_bt, c.rotary_dim, c.rope_theta)
+        q_bthk = apply_rope(q_bthk, positions_bt, c)
+        k_btnk = apply_rope(k_btnk, positions_bt, c)
 
         if index_bt is None:
             index_bt = jnp.broadcast_to(jnp.arange(x_btd.shape[1], dtype=jnp.int32),

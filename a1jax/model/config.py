@@ -51,6 +51,13 @@ class ModelConfig:
     full_attention_interval: int = 4
     rope_theta: float = 10_000_000.0
     partial_rotary_factor: float = 0.25
+    # RoPE scaling to run past the native context (Hugging Face `rope_parameters`): "default"
+    # (none) or "yarn", with its factor and the native length it extends.
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_original_max_position_embeddings: int = 0
+    rope_beta_fast: float = 32.0
+    rope_beta_slow: float = 1.0
     rms_norm_eps: float = 1e-6
     max_position_embeddings: int = 262_144
     tie_word_embeddings: bool = False
@@ -128,6 +135,13 @@ class ModelConfig:
                 f"attention_impl must be one of {ATTENTION_IMPL}, got {self.attention_impl!r}")
         if self.remat not in REMAT:
             raise ConfigError(f"remat must be one of {REMAT}, got {self.remat!r}")
+        if self.rope_type not in ("default", "yarn"):
+            raise ConfigError(f"rope_type {self.rope_type!r} is not supported (only 'default' and "
+                              "'yarn')")
+        if self.rope_type == "yarn" and (self.rope_factor <= 1
+                                         or self.rope_original_max_position_embeddings <= 0):
+            raise ConfigError("yarn RoPE needs rope_factor > 1 and "
+                              "rope_original_max_position_embeddings (the native context)")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
 
@@ -171,11 +185,16 @@ class ModelConfig:
             "attention_bias": False,
             "attention_dropout": 0.0,
             "rope_parameters": {
-                "rope_type": "default",
+                "rope_type": self.rope_type,
                 "rope_theta": self.rope_theta,
                 "partial_rotary_factor": self.partial_rotary_factor,
             },
         }
+        if self.rope_type == "yarn":
+            out["rope_parameters"].update(
+                factor=self.rope_factor,
+                original_max_position_embeddings=self.rope_original_max_position_embeddings,
+                beta_fast=self.rope_beta_fast, beta_slow=self.rope_beta_slow)
         for f in dataclasses.fields(self):
             if f.name in _NOT_HF:
                 continue
@@ -198,9 +217,23 @@ class ModelConfig:
             if name in raw and raw[name] is not None:
                 kwargs[name] = raw[name]
         rope = raw.get("rope_parameters") or {}
-        rope_type = rope.get("rope_type", "default")
-        if rope_type != "default":
-            raise ConfigError(f"rope_type {rope_type!r} is not supported yet (only 'default')")
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "yarn"):
+            raise ConfigError(f"rope_type {rope_type!r} is not supported (only 'default' and "
+                              "'yarn')")
+        kwargs["rope_type"] = rope_type
+        if rope_type == "yarn":
+            for key in ("attention_factor", "mscale", "mscale_all_dim"):
+                if rope.get(key):
+                    raise ConfigError(f"yarn rope_parameters.{key} is not supported")
+            if rope.get("truncate", True) is not True:
+                raise ConfigError("yarn rope_parameters.truncate=false is not supported")
+            original = rope.get("original_max_position_embeddings")
+            factor = rope.get("factor") or (raw["max_position_embeddings"] / original)
+            kwargs.update(rope_factor=float(factor),
+                          rope_original_max_position_embeddings=int(original or 0),
+                          rope_beta_fast=float(rope.get("beta_fast") or 32.0),
+                          rope_beta_slow=float(rope.get("beta_slow") or 1.0))
         # The library's own default theta (10000) is not this model's; only trust explicit values.
         if "rope_theta" in rope or "rope_theta" in raw:
             kwargs["rope_theta"] = float(rope.get("rope_theta", raw.get("rope_theta")))
@@ -217,7 +250,9 @@ class ModelConfig:
         return cls(**kwargs)
 
 
-_NOT_HF = frozenset({"dtype", "deltanet_chunk_size", "deltanet_impl", "moe_dispatch",
+_NOT_HF = frozenset({"rope_type", "rope_factor", "rope_original_max_position_embeddings",
+                     "rope_beta_fast", "rope_beta_slow",
+                     "dtype", "deltanet_chunk_size", "deltanet_impl", "moe_dispatch",
                      "moe_capacity_factor", "remat", "rope_theta", "partial_rotary_factor",
                      "attention_impl", "attention_block_size", "context_parallel"})
 _HF_REQUIRED = (

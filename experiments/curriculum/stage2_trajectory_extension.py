@@ -3,7 +3,8 @@
 Horizons of 3 to 8 tool calls with failed calls and recoveries, at 4x stage 1's sequence length
 (65,536 tokens for the real model). Starts from stage 1's final parameters with a fresh
 optimizer. Qwen3.5's native context is 262,144 tokens, so no RoPE scaling is needed at any stage
-length; a model with a shorter native context is refused with a clear message by the runner.
+length; for a model with a shorter native context, YaRN scaling by seq_len / native applies
+(`model.rope_scaling`).
 
     python -m a1jax.train --config experiments/curriculum/stage2_trajectory_extension.py:model=tiny \
         --workdir runs/curriculum/stage2_trajectory_extension \
@@ -30,6 +31,7 @@ def get_config(arg=None):
         c.microbatches = 2
     c.init_from = ""  # the previous stage's final checkpoint: set by a1jax.curriculum
     c.requires_init = True
+    c.model.rope_scaling = "yarn"  # only where seq_len exceeds the native context
 
     # Data: longer horizons, weighted towards the multi-step domains.
     c.data.mixture = {"kb_search": 0.4, "calculator": 0.2, "files": 0.4}

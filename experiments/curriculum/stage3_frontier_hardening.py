@@ -27,6 +27,7 @@ def get_config(arg=None):
     c.seq_len, c.batch_size, c.steps, c.optim.learning_rate = SIZES[args["model"]]
     c.init_from = ""  # the previous stage's final checkpoint: set by a1jax.curriculum
     c.requires_init = True
+    c.model.rope_scaling = "yarn"  # only where seq_len exceeds the native context
 
     # Data: the longest horizons, mostly the research-like domains.
     c.data.mixture = {"kb_search": 0.5, "calculator": 0.1, "files": 0.4}

@@ -32,6 +32,10 @@ CASES = {
         linear_num_value_heads=3, linear_key_head_dim=16, linear_value_head_dim=24,
         layer_types=("full_attention", "linear_attention", "linear_attention",
                      "full_attention", "linear_attention")), 70),
+    # YaRN RoPE scaling (4x a native context of 16 tokens), as stage 2 extends a shorter model.
+    "yarn": (dataclasses.replace(
+        TINY, rope_type="yarn", rope_factor=4.0, rope_original_max_position_embeddings=16,
+        max_position_embeddings=64, rope_theta=10000.0, partial_rotary_factor=0.5), 61),
 }
 
 
@@ -74,3 +78,17 @@ def test_score_cli_on_save_pretrained_dir(name, tmp_path):
     expected = np.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
     assert out["logprobs"].shape == (2, length - 1)
     np.testing.assert_allclose(out["logprobs"], expected, atol=1e-4, rtol=0)
+
+
+def test_yarn_changes_the_model_and_round_trips_through_config_json():
+    from a1jax.model.config import ModelConfig
+
+    config, length = CASES["yarn"]
+    assert ModelConfig.from_hf_dict(config.to_hf_dict(),
+                                   deltanet_chunk_size=config.deltanet_chunk_size) == config
+    params = random_params(config)
+    tokens = jnp.asarray(_tokens(config, length))
+    yarn = Transformer(config).apply({"params": params}, tokens).logits_btx
+    plain = Transformer(config.replace(rope_type="default", rope_factor=1.0)).apply(
+        {"params": params}, tokens).logits_btx
+    assert np.abs(np.asarray(yarn) - np.asarray(plain)).max() > 1e-2
