@@ -25,6 +25,10 @@ def get_config(arg=None):
     c.stage = "stage3_frontier_hardening"
     models.apply(c, args["model"])
     c.seq_len, c.batch_size, c.steps, c.optim.learning_rate = SIZES[args["model"]]
+    if args["model"] == "agents_a1_35b":
+        # At 131K tokens and batch 8 the planner (docs/planner.md) puts the whole mesh on the
+        # sequence, one sequence per microbatch: 16K tokens per device, the lowest peak memory.
+        c.mesh.layout, c.mesh.axes, c.microbatches = "sequence", "", 8
     c.init_from = ""  # the previous stage's final checkpoint: set by a1jax.curriculum
     c.requires_init = True
     c.model.rope_scaling = "yarn"  # only where seq_len exceeds the native context
