@@ -1,7 +1,7 @@
 """Long-context training: step time and compiled per-device memory for each sequence length.
 
     python benchmarks/long_context.py --model tiny --mesh sequence=8 --seq 4096,16384,65536
-    python benchmarks/long_context.py --model bench --mesh data=1,sequence=8 --seq 16384 --remat full
+    python benchmarks/long_context.py --model bench --mesh sequence=8 --seq 16384 --remat full
 
 One packed row of synthetic segments per step (batch 1 unless --batch), so every length is the
 same job cut longer. On a CPU the devices are simulated and share the cores: step times compare

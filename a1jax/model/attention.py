@@ -116,7 +116,7 @@ class GatedAttention(nn.Module):
         if index_bt is None:
             index_bt = jnp.broadcast_to(jnp.arange(x_btd.shape[1], dtype=jnp.int32),
                                         x_btd.shape[:2])
-        shards = None if self.is_initializing() else sequence_shards(c)
+        shards = None if self.is_initializing() else sequence_shards(c, x_btd.shape[1])
         out_bthk = attend(c, shards, q_bthk, k_btnk, v_btnk, runs_bt, index_bt)
         out_bthk = out_bthk * jax.nn.sigmoid(gate_bthk)
         return jnp.einsum("bthk,hkd->btd", out_bthk, w_o.astype(dtype))

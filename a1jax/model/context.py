@@ -4,7 +4,8 @@
 When the logical rules map `act_seq` to a mesh axis of size P > 1 (and
 `ModelConfig.context_parallel` is on), the Transformer engages this path by itself: it reads the
 active mesh (`jax.set_mesh`) and rules (`nn.logical_axis_rules`) while tracing, as the
-expert-parallel dispatch does; no caller flag is needed. Then:
+expert-parallel dispatch does; no caller flag is needed. (Rows too short to cut into 2P chunks
+of at least the DeltaNet conv halo run the unsharded code, XLA gathering them.) Then:
 
 - the sequence is cut into 2P chunks and shard i holds chunks i and 2P-1-i ("zigzag"), so each
   shard holds an early and a late part and causal attention costs every shard the same. The
@@ -52,10 +53,12 @@ def _mesh_axes(entry) -> tuple[str, ...]:
     return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
 
 
-def sequence_shards(config: ModelConfig) -> SequenceShards | None:
-    """The active split of the time axis, or None when the layers should run unsharded code
-    (no mesh, `act_seq` unmapped or of size 1, or `context_parallel` off). Modules skip it
-    while initialising: parameters do not depend on it."""
+def sequence_shards(config: ModelConfig, t: int) -> SequenceShards | None:
+    """The active split of a time axis of length t, or None when the layers should run
+    unsharded code: no mesh, `act_seq` unmapped or of size 1, `context_parallel` off, or t too
+    short to cut into 2P chunks of at least the conv halo (such short rows need no context
+    parallelism; XLA then gathers them). Modules skip it while initialising: parameters do not
+    depend on it."""
     if not config.context_parallel:
         return None
     mesh = jax.sharding.get_abstract_mesh()
@@ -68,8 +71,16 @@ def sequence_shards(config: ModelConfig) -> SequenceShards | None:
     if len(seq_axes) != 1:
         raise ConfigError(f"context parallelism splits time over one mesh axis; the rules map "
                           f"act_seq to {seq_axes}")
+    if t % (2 * size) or t // (2 * size) < min_chunk(config):
+        return None
     batch_axes = _mesh_axes(nn.logical_to_mesh_axes(("act_batch",))[0])
     return SequenceShards(seq_axes[0], size, batch_axes, mesh)
+
+
+def min_chunk(config: ModelConfig) -> int:
+    """The shortest chunk context parallelism cuts: the DeltaNet conv halo comes from the one
+    chunk before, so a chunk holds at least kernel - 1 tokens (and one)."""
+    return max(config.linear_conv_kernel_dim - 1, 1)
 
 
 def check_length(shards: SequenceShards, t: int, min_chunk: int = 1) -> int:

@@ -238,7 +238,7 @@ class GatedDeltaNet(nn.Module):
         g_bth = -jnp.exp(a_log) * jax.nn.softplus(a_bth + dt_bias)
         w_conv = w_conv.astype(dtype)
 
-        shards = None if self.is_initializing() else sequence_shards(c)
+        shards = None if self.is_initializing() else sequence_shards(c, x.shape[1])
         if shards is None:
             o_bthv, _ = conv_delta_rule(c, qkv_btc, runs_bt, None, None, g_bth, beta_bth, w_conv)
         else:

@@ -33,10 +33,10 @@ def context_parallel_deltanet(shards: SequenceShards, qkv_btc: jax.Array, g_bth:
                               mix) -> jax.Array:
     """The DeltaNet core with time split over `shards.axis` (zigzag order); returns o_bthv fp32.
 
-    `mix(qkv_btc, runs_bt, halo_btc, halo_runs_bt, g_bth, beta_bth, w_conv_wc)` is the per-row core: conv
-    with the halo as left context, then the delta rule on values widened by dk identity columns
-    from the state [0 | I]; it returns (o_aug_bthv, final_state_aug). It runs on both local
-    chunks at once, as two rows."""
+    `mix(qkv_btc, runs_bt, halo_btc, halo_runs_bt, g_bth, beta_bth, w_conv_wc)` is the per-row
+    core: conv with the halo as left context, then the delta rule on values widened by dk
+    identity columns from the state [0 | I]; it returns (o_aug_bthv, final_state_aug). It runs
+    on both local chunks at once, as two rows."""
     halo = max(w_conv_wc.shape[0] - 1, 1)
     check_length(shards, qkv_btc.shape[1], halo)
     axis, size = shards.axis, shards.size

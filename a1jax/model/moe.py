@@ -79,7 +79,7 @@ class SparseMoeBlock(nn.Module):
         w_sgate = param(self, "shared_expert_gate", (d, 1), ("embed", None), init)
 
         b, t, _ = x_btd.shape
-        shards = None if self.is_initializing() else sequence_shards(c)
+        shards = None if self.is_initializing() else sequence_shards(c, t)
         if shards is None:
             flat = lambda a: a.reshape(b * t, *a.shape[2:])
             unflat = lambda a: a.reshape(b, t, *a.shape[1:])

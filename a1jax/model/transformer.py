@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from a1jax.model.attention import GatedAttention
 from a1jax.model.base import RMSNorm, normal, param, run_ids
 from a1jax.model.config import FULL, ModelConfig
-from a1jax.model.context import check_length, from_zigzag, sequence_shards, to_zigzag, zigzag_index
+from a1jax.model.context import from_zigzag, sequence_shards, to_zigzag, zigzag_index
 from a1jax.model.deltanet import GatedDeltaNet
 from a1jax.model.moe import RouterStats, SparseMoeBlock
 
@@ -67,9 +67,8 @@ class Transformer(nn.Module):
         runs_bt = run_ids(segment_ids_bt)
         index_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         # Parameters do not depend on the split, and init runs on a single token.
-        shards = None if self.is_initializing() else sequence_shards(c)
+        shards = None if self.is_initializing() else sequence_shards(c, t)
         if shards is not None:
-            check_length(shards, t)
             tokens_bt, positions_bt, runs_bt, segment_ids_bt = to_zigzag(
                 shards, tokens_bt, positions_bt.astype(jnp.int32), runs_bt,
                 segment_ids_bt.astype(jnp.int32))

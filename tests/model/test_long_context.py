@@ -57,7 +57,7 @@ def _on_sequence_mesh(size, fn):
     spec = MeshSpec.create(axes={"sequence": size}, num_devices=size)
     mesh = make_mesh(spec, jax.devices()[:size])
     with jax.set_mesh(mesh), nn.logical_axis_rules(spec.rules):
-        return fn(sequence_shards(TINY))
+        return fn(sequence_shards(TINY, 96))
 
 
 def _value_and_grads(fn, args, probe):

@@ -82,7 +82,7 @@ def _full_length_hidden_gathers(hlo: str, batch: int, seq: int, hidden: int) -> 
 
 
 def test_sequence_parallel_step_gathers_only_kv(devices):
-    b, t = 1, 384  # t differs from every parameter dimension of `tiny`
+    b, t = 2, 1024  # t and b * t differ from every parameter dimension of `tiny`
     hlo = _compiled(TINY, {"sequence": 8}, b, t).as_text()
     assert not _full_length_hidden_gathers(hlo, b, t, TINY.hidden_size)
     kv = f"f32[{b},{t},{TINY.num_key_value_heads},{TINY.head_dim}]"
@@ -99,3 +99,16 @@ def test_memory_follows_tokens_per_device(devices):
     one = _compiled(TINY, {"data": 1}, 1, 8192).memory_analysis().temp_size_in_bytes
     eight = _compiled(TINY, {"sequence": 8}, 1, 65536).memory_analysis().temp_size_in_bytes
     assert eight <= 1.3 * one, (eight / 2**20, one / 2**20)
+
+
+def test_rows_too_short_to_cut_leave_the_split_to_xla(devices):
+    """32 tokens over 8 shards would be chunks of 2, shorter than the conv halo (3): the model
+    runs unsharded code and XLA gathers the sequence, as before context parallelism."""
+    from a1jax.model.context import sequence_shards
+    from a1jax.sharding import make_mesh
+    import flax.linen as nn
+
+    spec = MeshSpec.create(axes={"sequence": 8})
+    with jax.set_mesh(make_mesh(spec)), nn.logical_axis_rules(spec.rules):
+        assert sequence_shards(TINY, 32) is None
+        assert sequence_shards(TINY, 48).size == 8
