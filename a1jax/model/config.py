@@ -70,6 +70,9 @@ class ModelConfig:
     moe_dispatch: str = "dropless"  # see a1jax.model.dispatch; "dense" is the reference
     moe_capacity_factor: float = 0.0  # expert_parallel only; 0 = worst case, nothing dropped
     remat: str = "none"  # per decoder layer: "none", "full" (save nothing), "dots" (save matmuls)
+    # The loss computes logits this many tokens of a row at a time (0: all at once): at 131K
+    # tokens the full [tokens, 248K vocab] fp32 logits alone would not fit a GPU.
+    loss_chunk_size: int = 4096
     # Full attention kernel: "blockwise" (flash-style, any backend), "reference" (dense [t, t]
     # scores; the tests' yardstick), "cudnn" (GPU only; see a1jax.model.attention).
     attention_impl: str = "blockwise"
@@ -254,7 +257,8 @@ _NOT_HF = frozenset({"rope_type", "rope_factor", "rope_original_max_position_emb
                      "rope_beta_fast", "rope_beta_slow",
                      "dtype", "deltanet_chunk_size", "deltanet_impl", "moe_dispatch",
                      "moe_capacity_factor", "remat", "rope_theta", "partial_rotary_factor",
-                     "attention_impl", "attention_block_size", "context_parallel"})
+                     "attention_impl", "attention_block_size", "context_parallel",
+                     "loss_chunk_size"})
 _HF_REQUIRED = (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
     "head_dim", "linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",

@@ -41,8 +41,12 @@ class DecoderLayer(nn.Module):
 
 
 class Output(NamedTuple):
-    logits_btx: jax.Array  # float32
+    logits_btx: jax.Array | None  # float32; None when called with head=False
     router: RouterStats  # each field stacked over MoE layers: [layers, experts]
+    # With head=False: the final normed hidden states and the head's weight, for a loss that
+    # computes logits a chunk at a time (a1jax.train.step.chunked_cross_entropy_sum).
+    hidden_btd: jax.Array | None = None
+    head_dx: jax.Array | None = None
 
 
 class Transformer(nn.Module):
@@ -56,7 +60,7 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_bt: jax.Array, segment_ids_bt: jax.Array | None = None,
-                 positions_bt: jax.Array | None = None) -> Output:
+                 positions_bt: jax.Array | None = None, head: bool = True) -> Output:
         c = self.config
         dtype = jnp.dtype(c.dtype)
         b, t = tokens_bt.shape
@@ -101,7 +105,9 @@ class Transformer(nn.Module):
         else:
             w_dx = param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"),
                          normal(c.initializer_range))
+        router = RouterStats(*(jnp.stack(field) for field in zip(*stats)))
+        if not head:
+            return Output(None, router, x_btd, w_dx.astype(dtype))
         logits_btx = jnp.einsum("btd,dx->btx", x_btd, w_dx.astype(dtype),
                                 preferred_element_type=jnp.float32)
-        router = RouterStats(*(jnp.stack(field) for field in zip(*stats)))
         return Output(logits_btx, router)

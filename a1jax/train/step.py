@@ -62,6 +62,41 @@ def cross_entropy_sum(logits_btx: jax.Array, targets_bt: jax.Array,
     return jnp.sum((logz - picked) * mask_bt)
 
 
+def chunked_cross_entropy_sum(x_btd: jax.Array, w_dx: jax.Array, targets_bt: jax.Array,
+                              mask_bt: jax.Array, chunk: int) -> jax.Array:
+    """cross_entropy_sum of the logits x_btd @ w_dx, computed `chunk` tokens of each row at a
+    time and recomputed in the backward pass: only one chunk's logits ever exist.
+
+    Chunk k takes tokens k, k + n, k + 2n, ... (n = t / chunk): strided, so that when the time
+    axis is split over devices every device computes its share of every chunk. Rows that do not
+    split evenly (or fit one chunk) take the plain path."""
+    b, t, d = x_btd.shape
+    if chunk <= 0 or t <= chunk or t % chunk:
+        logits_btx = jnp.einsum("btd,dx->btx", x_btd, w_dx, preferred_element_type=jnp.float32)
+        return cross_entropy_sum(logits_btx, targets_bt, mask_bt)
+    n = t // chunk
+    split = lambda a: jnp.moveaxis(a.reshape(b, chunk, n, *a.shape[2:]), 2, 0)
+
+    @jax.checkpoint
+    def one(total, xs):
+        x_bcd, targets_bc, mask_bc = xs
+        logits_bcx = jnp.einsum("bcd,dx->bcx", x_bcd, w_dx, preferred_element_type=jnp.float32)
+        return total + cross_entropy_sum(logits_bcx, targets_bc, mask_bc), None
+
+    total, _ = jax.lax.scan(one, jnp.zeros((), jnp.float32),
+                            (split(x_btd), split(targets_bt), split(mask_bt)))
+    return total
+
+
+def _ce_sum(params, batch: dict, model_config: ModelConfig):
+    """(summed cross-entropy over trained targets, the model's Output)."""
+    out = Transformer(model_config).apply({"params": params}, batch["tokens"],
+                                          batch["segment_ids"], batch["positions"], head=False)
+    mask = batch["loss_mask"].astype(jnp.float32)
+    return chunked_cross_entropy_sum(out.hidden_btd, out.head_dx, batch["targets"], mask,
+                                     model_config.loss_chunk_size), out
+
+
 def loss_fn(params, batch: dict, model_config: ModelConfig, num_trained: jax.Array | None = None,
             num_micro: int = 1, z_loss_coef: float = 0.0) -> tuple[jax.Array, dict]:
     """(objective to differentiate, metrics) for one (micro)batch. `num_trained` is the number of
@@ -69,10 +104,8 @@ def loss_fn(params, batch: dict, model_config: ModelConfig, num_trained: jax.Arr
     are per microbatch and averaged over the `num_micro` microbatches."""
     if num_trained is None:
         num_trained = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
-    out = Transformer(model_config).apply({"params": params}, batch["tokens"],
-                                          batch["segment_ids"], batch["positions"])
-    mask = batch["loss_mask"].astype(jnp.float32)
-    ce = cross_entropy_sum(out.logits_btx, batch["targets"], mask) / num_trained
+    ce_sum, out = _ce_sum(params, batch, model_config)
+    ce = ce_sum / num_trained
     lb = load_balancing_loss(out.router)
     z = jnp.mean(out.router.z_loss)
     objective = ce + (model_config.router_aux_loss_coef * lb + z_loss_coef * z) / num_micro
@@ -135,8 +168,5 @@ def train_step(state: TrainState, batch: dict, *, model_config: ModelConfig,
 def eval_step(params, batch: dict, *, model_config: ModelConfig) -> dict:
     """Summed cross-entropy over the trained targets and their count (mean = sum / count over
     every eval batch, whatever the packing)."""
-    out = Transformer(model_config).apply({"params": params}, batch["tokens"],
-                                          batch["segment_ids"], batch["positions"])
-    mask = batch["loss_mask"].astype(jnp.float32)
-    return {"loss_sum": cross_entropy_sum(out.logits_btx, batch["targets"], mask),
-            "count": jnp.sum(mask)}
+    ce_sum, _ = _ce_sum(params, batch, model_config)
+    return {"loss_sum": ce_sum, "count": jnp.sum(batch["loss_mask"].astype(jnp.float32))}
