@@ -1,4 +1,4 @@
-"""Runs the three curriculum stages in order, each from the previous stage's final weights.
+r"""Runs the three curriculum stages in order, each from the previous stage's final weights.
 
     python -m a1jax.curriculum --workdir runs/curriculum --model tiny \
         [--mesh data=2,expert=2,sequence=2 | --layout NAME] [--smoke] [--set KEY=VALUE ...]

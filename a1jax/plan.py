@@ -1,4 +1,4 @@
-"""Plan a run before booking the hardware: compile its train step for a mesh of N devices on the
+r"""Plan a run before booking the hardware: compile its train step for a mesh of N devices on the
 CPU and report, per device and per layout, what it needs.
 
     python -m a1jax.plan --config experiments/curriculum/stage3_frontier_hardening.py:model=agents_a1_35b \

@@ -1,4 +1,4 @@
-"""Score token sequences with a model: logits and the log-probability of each next token.
+r"""Score token sequences with a model: logits and the log-probability of each next token.
 
     python -m a1jax.score --model HF_DIR|CHECKPOINT --tokens tokens.json --out scores.npz \
         [--dtype float32]

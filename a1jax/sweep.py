@@ -1,4 +1,4 @@
-"""Expands an experiment file's `sweep()` into one training command per point.
+r"""Expands an experiment file's `sweep()` into one training command per point.
 
     python -m a1jax.sweep --config experiments/layouts/ablate_35b.py:model=agents_a1_35b \
         --workdir /ckpt/layouts [--launcher launch/gpu/node.sh | --launcher python] [--run]

@@ -1,4 +1,4 @@
-"""python -m a1jax.train --config EXPERIMENT.py[:args] --workdir DIR [--config.KEY=VALUE ...]
+r"""python -m a1jax.train --config EXPERIMENT.py[:args] --workdir DIR [--config.KEY=VALUE ...]
 
 Runs one experiment file (a curriculum stage, a layout ablation) in DIR, resuming from DIR's
 latest complete checkpoint. Examples:

@@ -1,4 +1,4 @@
-"""Stage 1, foundation: instruction tuning and short task completions.
+r"""Stage 1, foundation: instruction tuning and short task completions.
 
 Short trajectories (one or two tool calls, then the answer) at short sequence length, so the
 model learns the chat and tool-call format and the basic call-observe-answer loop before long

@@ -1,4 +1,4 @@
-"""Stage 2, trajectory extension: progressively longer multi-step agentic trajectories.
+r"""Stage 2, trajectory extension: progressively longer multi-step agentic trajectories.
 
 Horizons of 3 to 8 tool calls with failed calls and recoveries, at 4x stage 1's sequence length
 (65,536 tokens for the real model). Starts from stage 1's final parameters with a fresh

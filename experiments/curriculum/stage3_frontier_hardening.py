@@ -1,4 +1,4 @@
-"""Stage 3, frontier-task hardening: the longest and hardest tasks at the full sequence length.
+r"""Stage 3, frontier-task hardening: the longest and hardest tasks at the full sequence length.
 
 Research- and problem-solving-length horizons (8 to 20 tool calls), the full 131,072-token
 sequences of the paper's SFT for the real model, a lower learning rate. Starts from stage 2's

@@ -1,4 +1,4 @@
-"""Layout ablation: stage 1's step under each named layout of one 8-GPU node, to compare step time
+r"""Layout ablation: stage 1's step under each named layout of one 8-GPU node, to compare step time
 and memory on the real hardware after the planner (python -m a1jax.plan) has ranked them.
 
     python -m a1jax.sweep --config experiments/layouts/ablate_35b.py:model=agents_a1_35b \

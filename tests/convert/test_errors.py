@@ -1,4 +1,4 @@
-"""Bad input to from-hf and export: one `error: ...` line, exit status 2, nothing that looks
+r"""Bad input to from-hf and export: one `error: ...` line, exit status 2, nothing that looks
 complete left behind."""
 
 import json

@@ -1,4 +1,4 @@
-"""`python -m a1jax.export`: servable Hugging Face directories, and HF -> a1jax -> HF round trips."""
+r"""`python -m a1jax.export`: servable Hugging Face directories, and HF -> a1jax -> HF round trips."""
 
 import json
 import ml_dtypes

@@ -1,4 +1,4 @@
-"""`python -m a1jax.convert from-hf`: sharded Orbax checkpoints read straight from safetensors."""
+r"""`python -m a1jax.convert from-hf`: sharded Orbax checkpoints read straight from safetensors."""
 
 import functools
 

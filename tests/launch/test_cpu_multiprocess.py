@@ -1,4 +1,4 @@
-"""launch/cpu_multiprocess.sh: two processes of four simulated devices, joined through
+r"""launch/cpu_multiprocess.sh: two processes of four simulated devices, joined through
 jax.distributed, train exactly as one process of eight, and their checkpoint resumes in one."""
 
 import os

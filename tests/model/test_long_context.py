@@ -1,4 +1,4 @@
-"""Long context: the blockwise kernel equals the dense reference; context-parallel attention and
+r"""Long context: the blockwise kernel equals the dense reference; context-parallel attention and
 DeltaNet (time split over the `sequence` mesh axis, zigzag order) equal the unsharded layers."""
 
 import flax.linen as nn

@@ -1,4 +1,4 @@
-"""The runner: resume after kill -9 and SIGTERM, restore onto another layout, non-finite steps,
+r"""The runner: resume after kill -9 and SIGTERM, restore onto another layout, non-finite steps,
 and the errors it gives before compiling anything."""
 
 import os
