@@ -105,9 +105,7 @@ def grouped_swiglu(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj,
         x_nbd = take_rows(x_ad, row_src, row_valid, dest, everywhere).reshape(num_blocks, block, d)
         # Blocks past the real groups hold zeros (their expert id is clamped; output is 0).
         block_expert = jnp.minimum(group[::block], e - 1)
-        h = (jax.nn.silu(jnp.einsum("nbd,ndf->nbf", x_nbd, gate_proj[block_expert]))
-             * jnp.einsum("nbd,ndf->nbf", x_nbd, up_proj[block_expert]))
-        y_rd = jnp.einsum("nbf,nfd->nbd", h, down_proj[block_expert]).reshape(-1, d)
+        y_rd = _blocks_swiglu(x_nbd, block_expert, gate_proj, up_proj, down_proj).reshape(-1, d)
         y_ad = take_rows(y_rd, dest, everywhere, row_src, row_valid)
     else:
         raise ValueError(f"unknown grouped matmul impl {impl!r}")
@@ -115,6 +113,37 @@ def grouped_swiglu(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj,
         y_ad = jnp.where((sorted_e < e)[:, None], y_ad, 0)
     y_tkd = take_rows(y_ad, inverse, everywhere, order, everywhere).reshape(t, k, d)
     return jnp.einsum("tkd,tk->td", y_tkd, weights_tk.astype(y_tkd.dtype))
+
+
+# Gathering every block's expert weights at once costs num_blocks x 3 x d x f; past this many
+# bytes the blocks go through a loop, a group of blocks at a time (each group's gather recomputed
+# in the backward), so memory stays near one group's weights whatever the token count. At the
+# 35B's 16K tokens per device the one-shot gather would be ~15 GB per layer, and its gradient
+# more.
+BLOCKS_GATHER_BYTES = 256 * 2**20
+
+
+def _blocks_swiglu(x_nbd, block_expert, gate_proj, up_proj, down_proj,
+                   max_bytes: int = BLOCKS_GATHER_BYTES):
+    """SwiGLU of each block of rows with its block's expert weights."""
+
+    def swiglu(x_nbd, experts_n):
+        h = (jax.nn.silu(jnp.einsum("nbd,ndf->nbf", x_nbd, gate_proj[experts_n]))
+             * jnp.einsum("nbd,ndf->nbf", x_nbd, up_proj[experts_n]))
+        return jnp.einsum("nbf,nfd->nbd", h, down_proj[experts_n])
+
+    n, _, d = x_nbd.shape
+    per_block = 3 * gate_proj.shape[1] * gate_proj.shape[2] * gate_proj.dtype.itemsize
+    group = max(1, max_bytes // per_block)
+    if n <= group:
+        return swiglu(x_nbd, block_expert)
+    groups = -(-n // group)
+    pad = groups * group - n  # padded blocks take expert 0 on zero rows: their output is unused
+    x_gbrd = jnp.pad(x_nbd, ((0, pad), (0, 0), (0, 0))).reshape(groups, group, *x_nbd.shape[1:])
+    experts_gb = jnp.pad(block_expert, (0, pad)).reshape(groups, group)
+    step = jax.checkpoint(lambda _, xs: (None, swiglu(*xs)))
+    _, y_gbrd = jax.lax.scan(step, None, (x_gbrd, experts_gb))
+    return y_gbrd.reshape(groups * group, *x_nbd.shape[1:])[:n]
 
 
 def dropless_num_blocks(assignments: int, experts: int, block: int) -> int:

@@ -13,6 +13,7 @@ from a1jax.model import dispatch
 from a1jax.model.base import normal, param
 from a1jax.model.config import ModelConfig
 from a1jax.model.context import flatten_tokens, over_tokens, sequence_shards, unflatten_tokens
+from jax.sharding import PartitionSpec as P
 from a1jax.model.expert_parallel import expert_parallel
 
 DISPATCH = {"dense": dispatch.dense, "dropless": dispatch.dropless,
@@ -57,6 +58,18 @@ def router_stats(routing: Routing, valid_t: jax.Array, num_experts: int,
                        jnp.sum(z_t * valid) / count, dropped)
 
 
+def _batch_split() -> tuple[jax.sharding.AbstractMesh, tuple[str, ...]] | None:
+    """(mesh, axes) when the active rules split whole rows (`act_batch`) over devices, else
+    None. Rows are whole on each device there, so flattening [b, t] keeps tokens in place."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return None
+    entry = nn.logical_to_mesh_axes(("act_batch",))[0]
+    names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    axes = tuple(a for a in names if mesh.shape[a] > 1)
+    return (mesh, axes) if axes else None
+
+
 class SparseMoeBlock(nn.Module):
     config: ModelConfig
 
@@ -99,6 +112,22 @@ class SparseMoeBlock(nn.Module):
             routed_td, dropped = over_tokens(shards, local,
                                              [x_td, routing.weights_tk, routing.experts_tk],
                                              [experts[n] for n in names])
+        elif (c.moe_dispatch == "dropless" and not self.is_initializing()
+              and (split := _batch_split()) is not None):
+            # Rows split over devices: each device sorts its own tokens, with the expert
+            # weights gathered whole (FSDP). A global sort would make XLA reshuffle tokens and
+            # activations across devices (all-to-alls) for work that is per token.
+            mesh, axes = split
+            names = ("gate_proj", "up_proj", "down_proj")
+
+            def local(x, w, i, *ws):
+                out, dropped = DISPATCH["dropless"](x, w, i, **dict(zip(names, ws)))
+                return out, jax.lax.psum(dropped, axes)
+
+            routed_td, dropped = jax.shard_map(
+                local, mesh=mesh, in_specs=(P(axes),) * 3 + (P(),) * 3,
+                out_specs=(P(axes), P()), check_vma=False)(
+                    x_td, routing.weights_tk, routing.experts_tk, *[experts[n] for n in names])
         else:
             routed_td, dropped = DISPATCH[c.moe_dispatch](
                 x_td, routing.weights_tk, routing.experts_tk, **experts)
