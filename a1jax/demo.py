@@ -119,8 +119,11 @@ def check_with_transformers(export_dir: str, workdir: str) -> None:
     except ToolCallParseError as e:  # a tiny model trained for minutes may garble a call
         print(f"the reply does not parse with the template's tool-call format: {e}")
         return
-    print(f"parsed with the template's tool-call format: {len(parsed.tool_calls)} tool "
-          f"call(s) {parsed.tool_calls}")
+    if parsed.tool_calls:
+        print(f"parsed with the template's tool-call format: {parsed.tool_calls}")
+    else:  # tests/convert/test_export_generate.py shows a model that learned one, parsed
+        print("no complete tool call in the reply: a tiny model trained for minutes does not "
+              "reliably make one yet")
 
 
 if __name__ == "__main__":
