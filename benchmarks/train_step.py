@@ -32,6 +32,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--microbatches", type=int, default=1)
     parser.add_argument("--remat", default="none", choices=["none", "full", "dots"])
     parser.add_argument("--layers", type=int, help="keep only the first N layers (a slice)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="any ModelConfig field, e.g. --set deltanet_chunk_size=32")
     return parser.parse_args()
 
 
@@ -42,6 +44,7 @@ if "device_count" not in os.environ.get("XLA_FLAGS", ""):
                                f"device_count={ARGS.devices}").strip()
 
 import dataclasses  # noqa: E402
+import json  # noqa: E402
 import resource  # noqa: E402
 import time  # noqa: E402
 
@@ -94,6 +97,12 @@ def main() -> None:
     if args.layers:
         changes.update(num_hidden_layers=args.layers,
                        layer_types=config.layer_types[:args.layers])
+    for assignment in args.set:  # values as JSON where they parse (numbers, booleans)
+        name, _, value = assignment.partition("=")
+        try:
+            changes[name] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[name] = value
     config = dataclasses.replace(config, **changes)
     if args.layout or args.mesh:
         axes = dict((k, int(v)) for k, v in (kv.split("=") for kv in args.mesh.split(","))) \
