@@ -58,6 +58,11 @@ def router_stats(routing: Routing, valid_t: jax.Array, num_experts: int,
                        jnp.sum(z_t * valid) / count, dropped)
 
 
+def _axis_size(name: str) -> int:
+    mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty else mesh.shape.get(name, 1)
+
+
 def _batch_split() -> tuple[jax.sharding.AbstractMesh, tuple[str, ...]] | None:
     """(mesh, axes) when the active rules split whole rows (`act_batch`) over devices, else
     None. Rows are whole on each device there, so flattening [b, t] keeps tokens in place."""
@@ -102,17 +107,22 @@ class SparseMoeBlock(nn.Module):
         x_td = nn.with_logical_constraint(flat(x_btd).astype(dtype), ("act_tokens", "act_embed"))
         routing = route(x_td, w_router, c.num_experts_per_tok)
         experts = {name: jnp.asarray(w, dtype) for name, w in experts.items()}
-        if c.moe_dispatch == "expert_parallel":
+        strategy = c.moe_dispatch
+        if strategy == "expert_parallel" and _axis_size("expert") == 1:
+            # No expert axis to exchange tokens over: dispatch each device's own tokens (below)
+            # rather than one global sort that every device would repeat for all tokens.
+            strategy = "dropless"
+        if strategy == "expert_parallel":
             routed_td, dropped = expert_parallel(x_td, routing.weights_tk, routing.experts_tk,
                                                  **experts, capacity_factor=c.moe_capacity_factor)
         elif shards is not None:
             # Each device dispatches its own tokens: XLA would replicate the global sort.
             names = ("gate_proj", "up_proj", "down_proj")
-            local = lambda x, w, i, *ws: DISPATCH[c.moe_dispatch](x, w, i, **dict(zip(names, ws)))
+            local = lambda x, w, i, *ws: DISPATCH[strategy](x, w, i, **dict(zip(names, ws)))
             routed_td, dropped = over_tokens(shards, local,
                                              [x_td, routing.weights_tk, routing.experts_tk],
                                              [experts[n] for n in names])
-        elif (c.moe_dispatch == "dropless" and not self.is_initializing()
+        elif (strategy == "dropless" and not self.is_initializing()
               and (split := _batch_split()) is not None):
             # Rows split over devices: each device sorts its own tokens, with the expert
             # weights gathered whole (FSDP). A global sort would make XLA reshuffle tokens and
@@ -129,7 +139,7 @@ class SparseMoeBlock(nn.Module):
                 out_specs=(P(axes), P()), check_vma=False)(
                     x_td, routing.weights_tk, routing.experts_tk, *[experts[n] for n in names])
         else:
-            routed_td, dropped = DISPATCH[c.moe_dispatch](
+            routed_td, dropped = DISPATCH[strategy](
                 x_td, routing.weights_tk, routing.experts_tk, **experts)
 
         hidden_tf = jax.nn.silu(x_td @ w_sg.astype(dtype)) * (x_td @ w_su.astype(dtype))

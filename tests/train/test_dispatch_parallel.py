@@ -79,3 +79,22 @@ def test_capacity_drops_are_counted(devices):
     np.testing.assert_allclose(out[:, :4], full[:, :4], rtol=1e-6)
     np.testing.assert_array_equal(out[:, 4:], 0.0)
     assert np.all(np.abs(full).sum(-1) > 0)
+
+
+@pytest.mark.parametrize("dispatch", ["dropless", "expert_parallel"])
+def test_no_device_handles_every_token_when_time_is_split(dispatch):
+    """On `sequence` 8 (expert axis 1) each device routes its own 2 x 320 / 8 tokens: no array in
+    the compiled step has a dimension of all 2 x 320 x 2 assignments (a global sort would)."""
+    import re
+
+    from a1jax.train.optim import OptimConfig
+    from a1jax.train.sharded import build_trainer
+    from a1jax.train.step import BATCH_KEYS
+
+    config = dataclasses.replace(TINY, moe_dispatch=dispatch)
+    trainer = build_trainer(config, OptimConfig(), MeshSpec.create(axes={"sequence": 8}),
+                            batch=2, seq=320)
+    shapes = {k: jax.ShapeDtypeStruct((2, 320), np.int32) for k in BATCH_KEYS}
+    hlo = trainer.lower(trainer.abstract_state(), shapes).compile().as_text()
+    dims = {int(d) for shape in re.findall(r"\w+\[([\d,]+)\]", hlo) for d in shape.split(",")}
+    assert 2 * 320 * 2 not in dims and 2 * 320 * 2 // 8 in dims
