@@ -31,6 +31,20 @@ def write_hf_dir(path, tensors, hf_config, shards=1):
     return path
 
 
+def per_expert(tensors, config):
+    """The fused expert tensors split per expert, as `save_pretrained` writes them."""
+    tensors = dict(tensors)
+    f = config.moe_intermediate_size
+    for name in [n for n in tensors if n.endswith("experts.gate_up_proj")]:
+        base = name[: -len("gate_up_proj")]
+        gate_up, down = tensors.pop(name), tensors.pop(base + "down_proj")
+        for e in range(config.num_experts):
+            tensors[f"{base}{e}.gate_proj.weight"] = np.ascontiguousarray(gate_up[e, :f])
+            tensors[f"{base}{e}.up_proj.weight"] = np.ascontiguousarray(gate_up[e, f:])
+            tensors[f"{base}{e}.down_proj.weight"] = np.ascontiguousarray(down[e])
+    return tensors
+
+
 def hf_tensors(config, dtype=np.float32, seed=0):
     return {n: np.ascontiguousarray(v.astype(dtype))
             for n, v in to_hf_tensors(random_params(config, seed), config).items()}

@@ -1,39 +1,26 @@
 """Reading Hugging Face directories: every layout in the wild, and clear errors for bad ones."""
 
-import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from a1jax.convert.hf_load import LoadError, load_params
 from a1jax.convert.mapping import to_hf_tensors
 from a1jax.model import get_preset
 from tests.conftest import random_params
+from tests.convert.helpers import per_expert, write_hf_dir
 
 TINY = get_preset("tiny")
 
 
 def _write_dir(path, tensors, config=TINY, shards=1, vl=False):
-    path.mkdir(parents=True, exist_ok=True)
     hf_config = config.to_hf_dict()
     if vl:
         hf_config = {"model_type": "qwen3_5_moe", "architectures": [
             "Qwen3_5MoeForConditionalGeneration"], "text_config": hf_config}
-    (path / "config.json").write_text(json.dumps(hf_config))
-    names = sorted(tensors)
-    if shards == 1:
-        save_file(tensors, str(path / "model.safetensors"))
-        return
-    weight_map = {}
-    for i in range(shards):
-        filename = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = {n: tensors[n] for n in names[i::shards]}
-        save_file(part, str(path / filename))
-        weight_map.update(dict.fromkeys(part, filename))
-    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    write_hf_dir(path, tensors, hf_config, shards=shards)
 
 
 def _assert_same(a, b):
@@ -63,15 +50,7 @@ def test_fused_sharded_roundtrip(tmp_path):
 
 def test_per_expert_layout(tmp_path):
     params = random_params(TINY)
-    tensors = to_hf_tensors(params, TINY)
-    f = TINY.moe_intermediate_size
-    for name in [n for n in tensors if n.endswith("experts.gate_up_proj")]:
-        base = name[: -len("gate_up_proj")]
-        gate_up, down = tensors.pop(name), tensors.pop(base + "down_proj")
-        for e in range(TINY.num_experts):
-            tensors[f"{base}{e}.gate_proj.weight"] = np.ascontiguousarray(gate_up[e, :f])
-            tensors[f"{base}{e}.up_proj.weight"] = np.ascontiguousarray(gate_up[e, f:])
-            tensors[f"{base}{e}.down_proj.weight"] = np.ascontiguousarray(down[e])
+    tensors = per_expert(to_hf_tensors(params, TINY), TINY)
     _write_dir(tmp_path, tensors)
     _, loaded, report = load_params(str(tmp_path))
     assert report.expert_layout == "per_expert"

@@ -12,7 +12,7 @@ from a1jax.model import get_preset
 from a1jax.sharding.mesh import MeshSpec, make_mesh, param_shardings
 from a1jax.train.step import init_params
 from tests.conftest import random_params
-from tests.convert.helpers import flat, vl_dir, write_hf_dir
+from tests.convert.helpers import flat, per_expert, vl_dir, write_hf_dir
 
 TINY = get_preset("tiny")
 
@@ -90,15 +90,7 @@ def test_vision_language_and_per_expert_layouts(tmp_path):
         "mtp.fc.weight", "mtp.layers.0.mlp.experts.gate_up_proj"]
 
     params = random_params(TINY)
-    tensors = to_hf_tensors(params, TINY)
-    f = TINY.moe_intermediate_size
-    for name in [n for n in tensors if n.endswith("experts.gate_up_proj")]:
-        base = name[: -len("gate_up_proj")]
-        gate_up, down = tensors.pop(name), tensors.pop(base + "down_proj")
-        for e in range(TINY.num_experts):
-            tensors[f"{base}{e}.gate_proj.weight"] = np.ascontiguousarray(gate_up[e, :f])
-            tensors[f"{base}{e}.up_proj.weight"] = np.ascontiguousarray(gate_up[e, f:])
-            tensors[f"{base}{e}.down_proj.weight"] = np.ascontiguousarray(down[e])
+    tensors = per_expert(to_hf_tensors(params, TINY), TINY)
     src = write_hf_dir(tmp_path / "per_expert", tensors, TINY.to_hf_dict(), shards=2)
     result = hf_import.import_hf(str(src), str(tmp_path / "ckpt2"), layout="expert")
     assert result.report.expert_layout == "per_expert"
