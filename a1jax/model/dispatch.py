@@ -9,6 +9,7 @@ other; `expert_parallel` lives in its own module.
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -115,35 +116,78 @@ def grouped_swiglu(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj,
     return jnp.einsum("tkd,tk->td", y_tkd, weights_tk.astype(y_tkd.dtype))
 
 
-# Gathering every block's expert weights at once costs num_blocks x 3 x d x f; past this many
-# bytes the blocks go through a loop, a group of blocks at a time (each group's gather recomputed
-# in the backward), so memory stays near one group's weights whatever the token count. At the
-# 35B's 16K tokens per device the one-shot gather would be ~15 GB per layer, and its gradient
-# more.
-BLOCKS_GATHER_BYTES = 256 * 2**20
+@jax.custom_vjp
+def _blocks_swiglu(x_nbd, block_expert, gate_proj, up_proj, down_proj):
+    """SwiGLU of each block of rows with its block's expert weights: a loop over blocks, each
+    reading its expert's weights in place (a dynamic slice).
+
+    Written as a loop with a hand-written backward rather than one batched matmul against
+    every block's gathered weights: XLA's CPU backend runs a batched matmul of many small
+    [block, d] x [d, f] products at about a seventh of a single large matmul's rate, the
+    gather copies num_blocks x 3 x d x f of weights (15 GB per layer at the 35B's 16K tokens
+    per device), and autodiff of the gather scatters the weight gradients back serially. The
+    backward here accumulates each expert's weight gradient in place, in fp32."""
+    return _blocks_fwd(x_nbd, block_expert, gate_proj, up_proj, down_proj)[0]
 
 
-def _blocks_swiglu(x_nbd, block_expert, gate_proj, up_proj, down_proj,
-                   max_bytes: int = BLOCKS_GATHER_BYTES):
-    """SwiGLU of each block of rows with its block's expert weights."""
+def _expert(w, e):
+    return jax.lax.dynamic_index_in_dim(w, e, axis=0, keepdims=False)
 
-    def swiglu(x_nbd, experts_n):
-        h = (jax.nn.silu(jnp.einsum("nbd,ndf->nbf", x_nbd, gate_proj[experts_n]))
-             * jnp.einsum("nbd,ndf->nbf", x_nbd, up_proj[experts_n]))
-        return jnp.einsum("nbf,nfd->nbd", h, down_proj[experts_n])
 
-    n, _, d = x_nbd.shape
-    per_block = 3 * gate_proj.shape[1] * gate_proj.shape[2] * gate_proj.dtype.itemsize
-    group = max(1, max_bytes // per_block)
-    if n <= group:
-        return swiglu(x_nbd, block_expert)
-    groups = -(-n // group)
-    pad = groups * group - n  # padded blocks take expert 0 on zero rows: their output is unused
-    x_gbrd = jnp.pad(x_nbd, ((0, pad), (0, 0), (0, 0))).reshape(groups, group, *x_nbd.shape[1:])
-    experts_gb = jnp.pad(block_expert, (0, pad)).reshape(groups, group)
-    step = jax.checkpoint(lambda _, xs: (None, swiglu(*xs)))
-    _, y_gbrd = jax.lax.scan(step, None, (x_gbrd, experts_gb))
-    return y_gbrd.reshape(groups * group, *x_nbd.shape[1:])[:n]
+def _block_forward(x_bd, e, gate_proj, up_proj, down_proj):
+    """One block through expert `e`: (output, gate and up pre-activations for the backward)."""
+    gate_bf = x_bd @ _expert(gate_proj, e)
+    up_bf = x_bd @ _expert(up_proj, e)
+    return (jax.nn.silu(gate_bf) * up_bf) @ _expert(down_proj, e), gate_bf, up_bf
+
+
+def _blocks_fwd(x_nbd, block_expert, gate_proj, up_proj, down_proj):
+    block = lambda _, xs: (None, _block_forward(*xs, gate_proj, up_proj, down_proj))
+    _, (y_nbd, gate_nbf, up_nbf) = jax.lax.scan(block, None, (x_nbd, block_expert))
+    return y_nbd, (x_nbd, block_expert, gate_proj, up_proj, down_proj, gate_nbf, up_nbf)
+
+
+def _blocks_bwd(residuals, dy_nbd):
+    """Works on transposed blocks ([features, rows]) so that every matmul in the loop is a
+    plain or a right-transposed product: XLA's CPU backend runs the left-transposed products a
+    weight gradient naturally is (x^T dy, contracting the rows) at half the rate. The
+    transposes happen once, outside the loop."""
+    x_nbd, block_expert, gate_proj, up_proj, down_proj, gate_nbf, up_nbf = residuals
+    f32 = jnp.float32
+    t = lambda a: jnp.swapaxes(a, 1, 2)
+
+    def add(acc, e, update):
+        return jax.lax.dynamic_update_index_in_dim(acc, _expert(acc, e) + update, e, axis=0)
+
+    def block(grads, xs):
+        d_gate, d_up, d_down = grads
+        xt_db, e, gate_fb, up_fb, dy_bd, dyt_db = xs
+        gate_fb, up_fb = gate_fb.astype(f32), up_fb.astype(f32)
+        sig = jax.nn.sigmoid(gate_fb)
+        silu = gate_fb * sig
+        dh_fb = jnp.matmul(_expert(down_proj, e), dyt_db, preferred_element_type=f32)
+        d_down = add(d_down, e, jnp.matmul((silu * up_fb).astype(dy_bd.dtype), dy_bd,
+                                           preferred_element_type=f32))
+        d_up_fb = (dh_fb * silu).astype(xt_db.dtype)
+        d_gate_fb = (dh_fb * up_fb * sig * (1 + gate_fb * (1 - sig))).astype(xt_db.dtype)
+        dxt_db = (jnp.matmul(_expert(gate_proj, e), d_gate_fb, preferred_element_type=f32)
+                  + jnp.matmul(_expert(up_proj, e), d_up_fb, preferred_element_type=f32))
+        contract_rows = (((1,), (1,)), ((), ()))  # [d, b] x [f, b] -> [d, f]
+        d_gate = add(d_gate, e, jax.lax.dot_general(xt_db, d_gate_fb, contract_rows,
+                                                    preferred_element_type=f32))
+        d_up = add(d_up, e, jax.lax.dot_general(xt_db, d_up_fb, contract_rows,
+                                                preferred_element_type=f32))
+        return (d_gate, d_up, d_down), dxt_db.astype(xt_db.dtype)
+
+    zeros = tuple(jnp.zeros(w.shape, f32) for w in (gate_proj, up_proj, down_proj))
+    (d_gate, d_up, d_down), dxt_ndb = jax.lax.scan(
+        block, zeros, (t(x_nbd), block_expert, t(gate_nbf), t(up_nbf), dy_nbd, t(dy_nbd)))
+    none = np.zeros(block_expert.shape, jax.dtypes.float0)
+    return (t(dxt_ndb), none, d_gate.astype(gate_proj.dtype), d_up.astype(up_proj.dtype),
+            d_down.astype(down_proj.dtype))
+
+
+_blocks_swiglu.defvjp(_blocks_fwd, _blocks_bwd)
 
 
 def dropless_num_blocks(assignments: int, experts: int, block: int) -> int:
@@ -155,11 +199,48 @@ def dropless_num_blocks(assignments: int, experts: int, block: int) -> int:
 def dropless_compiled_flops(tokens: int, top_k: int, experts: int, d: int, f: int,
                             block: int = DROPLESS_BLOCK, dtype=jnp.float32) -> dict[str, float]:
     """FLOPs of the compiled `dropless` layer on the current backend (XLA's cost analysis), beside
-    the routed FLOPs (3 matmuls of d x f per token and expert it is routed to)."""
+    the routed FLOPs (3 matmuls of d x f per token and expert it is routed to).
+
+    XLA's cost analysis counts a while loop's body once, whatever its trip count. Where the
+    layer runs the blocks loop (the CPU), the loop's body, compiled alone with the same shapes,
+    is counted num_blocks - 1 more times; the compiled layer must then hold exactly that one
+    loop, or the count would be wrong."""
     sds = jax.ShapeDtypeStruct
+    weights = (sds((experts, d, f), dtype), sds((experts, d, f), dtype), sds((experts, f, d), dtype))
     args = (sds((tokens, d), dtype), sds((tokens, top_k), jnp.float32),
-            sds((tokens, top_k), jnp.int32), sds((experts, d, f), dtype),
-            sds((experts, d, f), dtype), sds((experts, f, d), dtype))
+            sds((tokens, top_k), jnp.int32), *weights)
     compiled = jax.jit(functools.partial(dropless, block=block)).lower(*args).compile()
-    return {"flops": compiled.cost_analysis()["flops"],
-            "routed_flops": 2.0 * tokens * top_k * 3 * d * f}
+    flops = compiled.cost_analysis()["flops"]
+    loops = _loops_with_matmuls(compiled.as_text())
+    if jax.default_backend() == "cpu":
+        if loops != 1:
+            raise RuntimeError(f"expected the blocks loop alone in the compiled layer, found "
+                               f"{loops} loops with matmuls")
+        body = jax.jit(_block_forward).lower(sds((block, d), dtype), sds((), jnp.int32),
+                                             *weights).compile()
+        num_blocks = dropless_num_blocks(tokens * top_k, experts, block)
+        flops += (num_blocks - 1) * body.cost_analysis()["flops"]
+    return {"flops": flops, "routed_flops": 2.0 * tokens * top_k * 3 * d * f}
+
+
+def _loops_with_matmuls(hlo: str) -> int:
+    """How many while loops in an HLO module's text run a matmul in their body (through any
+    fusion or call it makes)."""
+    bodies, name = {}, None
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and "{" in line and "%" in line:
+            name = line.split("%", 1)[1].split(" ", 1)[0]
+            bodies[name] = []
+        elif name is not None:
+            bodies[name].append(line)
+
+    def has_dot(comp: str, seen: set) -> bool:
+        if comp in seen or comp not in bodies:
+            return False
+        seen.add(comp)
+        text = "\n".join(bodies[comp])
+        return " dot(" in text or any(has_dot(c, seen) for c in re.findall(
+            r"(?:calls|to_apply|body|condition)=%([\w.\-]+)", text))
+
+    whiles = re.findall(r" while\(.*?body=%([\w.\-]+)", hlo)
+    return sum(has_dot(body, set()) for body in whiles)
