@@ -76,7 +76,9 @@ class ModelConfig:
     # Full attention kernel: "blockwise" (flash-style, any backend), "reference" (dense [t, t]
     # scores; the tests' yardstick), "cudnn" (GPU only; see a1jax.model.attention).
     attention_impl: str = "blockwise"
-    attention_block_size: int = 512  # query and key/value block of the blockwise kernel
+    # Query and key/value block of the blockwise kernel. 256: on XLA:CPU a 512 block (a 16 MB
+    # fp32 score tile at batch 4) runs the bench model's attention at half the speed.
+    attention_block_size: int = 256
     # When the mesh splits `act_seq` (> 1 shard), layers run context-parallel (see
     # a1jax.model.context); False leaves the sequence split to XLA (it gathers the sequence).
     context_parallel: bool = True
