@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -30,6 +31,34 @@ def rms_normalize(x: jax.Array, eps: float) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    """`rms_normalize(x) * (1 + w)`, in x's dtype. Its backward keeps only x and the per-row
+    inverse rms (autodiff would also keep fp32 copies of x and of the normalised x, three
+    activations per norm: a fifth of the bench model's step memory)."""
+    return _rms_norm_fwd(x, w, eps)[0]
+
+
+def _rms_norm_fwd(x, w, eps):
+    x32 = x.astype(jnp.float32)
+    inv = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+    return (x32 * inv * (1.0 + w)).astype(x.dtype), (x, w, inv)
+
+
+def _rms_norm_bwd(eps, residuals, g):
+    del eps
+    x, w, inv = residuals
+    normed = x.astype(jnp.float32) * inv
+    g32 = g.astype(jnp.float32)
+    dw = jnp.sum((g32 * normed).reshape(-1, normed.shape[-1]), axis=0).astype(w.dtype)
+    g_normed = g32 * (1.0 + w)
+    dx = inv * (g_normed - normed * jnp.mean(g_normed * normed, axis=-1, keepdims=True))
+    return dx.astype(x.dtype), dw
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
 class RMSNorm(nn.Module):
     """Zero-centred RMSNorm: `x * rsqrt(mean(x^2) + eps) * (1 + w)` in fp32, w initialised to 0."""
 
@@ -39,7 +68,7 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         w = param(self, "weight", (x.shape[-1],), (self.axis,), nn.initializers.zeros_init())
-        return (rms_normalize(x, self.eps) * (1.0 + w)).astype(x.dtype)
+        return rms_norm(x, w, self.eps)
 
 
 def run_ids(segment_ids_bt: jax.Array) -> jax.Array:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import functools
 from typing import Any, Callable, Sequence
@@ -36,6 +37,8 @@ class Trainer:
     _step: Callable
     _eval: Callable
     batch_shape: tuple[int, int] = (0, 0)  # the global batch: (sequences, tokens)
+    # Compiled steps by batch signature (compiled ahead of the first call; see `step`).
+    _compiled: dict = dataclasses.field(default_factory=dict)
 
     @contextlib.contextmanager
     def context(self):
@@ -48,8 +51,16 @@ class Trainer:
             return self._init(key)
 
     def step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        """One training step. The first call with a batch signature compiles the step and hands
+        the compiler's freed heap back to the OS before the step first runs, so the step's
+        buffers do not come on top of it (`release_host_memory`)."""
+        signature = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(batch.items()))
         with self.context():
-            return self._step(state, batch)
+            compiled = self._compiled.get(signature)
+            if compiled is None:
+                compiled = self._compiled[signature] = self._step.lower(state, batch).compile()
+                release_host_memory()
+            return compiled(state, batch)
 
     def evaluate(self, params: Any, batch: dict) -> dict:
         with self.context():
@@ -98,6 +109,17 @@ class Trainer:
     def lower(self, state_shapes: Any, batch_shapes: dict):
         with self.context():
             return self._step.lower(state_shapes, batch_shapes)
+
+
+def release_host_memory() -> None:
+    """Returns the heap pages that XLA's compiler has freed to the OS (glibc's `malloc_trim`).
+    glibc keeps them for reuse, but the step's buffers are allocated apart from that heap, so
+    without this the process peak is the compiler's leftovers plus the step: 0.5 GiB more for
+    the bench model on a CPU. Does nothing where glibc is absent."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def build_trainer(model_config: ModelConfig, optim_config: OptimConfig, spec: MeshSpec, *,
