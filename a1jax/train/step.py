@@ -154,12 +154,19 @@ def train_step(state: TrainState, batch: dict, *, model_config: ModelConfig,
     grads, metrics = accumulate_grads(state.params, batch, model_config, microbatches,
                                       z_loss_coef)
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jnp.where(finite, new, old)
-    params = jax.tree.map(keep, params, state.params)
-    opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+
+    def update(params_and_opt_state):
+        params, opt_state = params_and_opt_state
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    # A branch, not a select of new and old state: the select reads the old optimizer state
+    # after the update has written the new one into its (donated) buffers, so XLA copies all
+    # of it first, and on the CPU makes those copies at the start of the step (0.23 GiB of
+    # the bench model's peak).
+    params, opt_state = jax.lax.cond(finite, update, lambda unchanged: unchanged,
+                                     (state.params, state.opt_state))
     metrics = dict(metrics, grad_norm=grad_norm, learning_rate=schedule(state.step),
                    skipped=(~finite).astype(jnp.int32))
     return TrainState(state.step + 1, params, opt_state), metrics
