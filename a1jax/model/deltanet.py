@@ -35,9 +35,11 @@ def causal_conv(x_btc: jax.Array, w_wc: jax.Array, runs_bt: jax.Array) -> jax.Ar
 
 def _prepare(q_bthk, k_bthk, v_bthv, g_bth, beta_bth):
     """Shared preamble: value heads share key heads (h // ratio), q/k L2-normalised, q scaled,
-    everything in fp32 (the recurrence must stay fp32 whatever the compute dtype)."""
+    everything in fp32 (the recurrence must stay fp32 whatever the compute dtype; fp64 inputs
+    stay fp64, the ground truth of the precision tests)."""
     ratio = v_bthv.shape[2] // q_bthk.shape[2]
-    f32 = jnp.float32
+    f32 = jnp.promote_types(jnp.result_type(q_bthk, k_bthk, v_bthv, g_bth, beta_bth),
+                            jnp.float32)
     q = jnp.repeat(q_bthk.astype(f32), ratio, axis=2)
     k = jnp.repeat(k_bthk.astype(f32), ratio, axis=2)
     q = q * jax.lax.rsqrt(jnp.sum(q * q, axis=-1, keepdims=True) + 1e-6)
@@ -89,9 +91,9 @@ def recurrent_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt,
     b, _, h, dk = q.shape
     dv = v.shape[-1]
     prev_runs = jnp.concatenate([runs_bt[:, :1], runs_bt[:, :-1]], axis=1)
-    keep_bt = (runs_bt == prev_runs).astype(jnp.float32)  # 0 at a segment start: reset
-    state = (jnp.zeros((b, h, dk, dv), jnp.float32) if initial_state_bhkv is None
-             else initial_state_bhkv.astype(jnp.float32))
+    keep_bt = (runs_bt == prev_runs).astype(q.dtype)  # 0 at a segment start: reset
+    state = (jnp.zeros((b, h, dk, dv), q.dtype) if initial_state_bhkv is None
+             else initial_state_bhkv.astype(q.dtype))
 
     def step(s_bhkv, xs):
         q_t, k_t, v_t, g_t, beta_t, keep_t = xs
@@ -131,14 +133,19 @@ def chunked_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt, chunk_s
     runs_nc = runs.reshape(b, 1, n, c)
     # The run each chunk's incoming state belongs to: that of the token before the chunk.
     prev_run = jnp.concatenate([runs_nc[:, :, :1, :1], runs_nc[:, :, :-1, -1:]], axis=2)
-    from_start = (runs_nc == prev_run).astype(jnp.float32)  # [b,1,n,c]: state reaches here
+    from_start = (runs_nc == prev_run).astype(q.dtype)  # [b,1,n,c]: state reaches here
     same_cc = runs_nc[..., :, None] == runs_nc[..., None, :]  # [b,1,n,c,c]
     causal_cc = jnp.tril(jnp.ones((c, c), bool))
+    strict_cc = jnp.tril(jnp.ones((c, c), bool), -1)
     mask_cc = same_cc & causal_cc
 
+    # Log decays are sums of the g they span, never differences of cumulative sums: with strong
+    # decay a chunk's cumulative sum reaches hundreds, and cum_i - cum_j would put its rounding
+    # (eps |cum|) into every decay between neighbours, and through them into the gradient of g.
+    # Summed this way, the backward pass sums each g's cotangent without cancellation too.
     cum = jnp.cumsum(g, axis=-1)  # [b,h,n,c] log decay from chunk start through each token
-    diff = cum[..., :, None] - cum[..., None, :]
-    decay_cc = jnp.where(mask_cc, jnp.exp(jnp.where(mask_cc, diff, 0.0)), 0.0)
+    span_cc = jnp.cumsum(jnp.where(strict_cc, g[..., :, None], 0.0), axis=-2)  # g over (j, i]
+    decay_cc = jnp.where(mask_cc, jnp.exp(span_cc), 0.0)
     k_beta = k * beta[..., None]
     v_beta = v * beta[..., None]
 
@@ -151,11 +158,11 @@ def chunked_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt, chunk_s
     intra = jnp.einsum("bhnik,bhnjk->bhnij", q, k, precision=hp) * decay_cc
     q_read = q * (jnp.exp(cum) * from_start)[..., None]
     last_run = runs_nc[..., -1:]
-    k_write = k * (jnp.exp(cum[..., -1:] - cum) * (runs_nc == last_run))[..., None]
+    k_write = k * (jnp.exp(span_cc[..., -1, :]) * (runs_nc == last_run))[..., None]
     chunk_decay = jnp.exp(cum[..., -1]) * from_start[..., -1]  # [b,h,n]
 
-    state = (jnp.zeros((b, h, dk, dv), jnp.float32) if initial_state_bhkv is None
-             else initial_state_bhkv.astype(jnp.float32))
+    state = (jnp.zeros((b, h, dk, dv), q.dtype) if initial_state_bhkv is None
+             else initial_state_bhkv.astype(q.dtype))
 
     def step(s_bhkv, xs):
         u_n, w_n, intra_n, q_n, k_n, decay_n = xs
@@ -195,10 +202,10 @@ def conv_delta_rule(config: ModelConfig, qkv_btc, runs_bt, halo_btc, halo_runs_b
     v_bthv = qkv_btc[..., 2 * hk * dk:].reshape(b, t, hv, dv)
     initial = None
     if widen:
-        v_bthv = jnp.concatenate([v_bthv.astype(jnp.float32),
-                                  jnp.zeros((b, t, hv, dk), jnp.float32)], axis=-1)
-        eye = jnp.broadcast_to(jnp.eye(dk, dtype=jnp.float32), (b, hv, dk, dk))
-        initial = jnp.concatenate([jnp.zeros((b, hv, dk, dv), jnp.float32), eye], axis=-1)
+        f32 = jnp.promote_types(v_bthv.dtype, jnp.float32)
+        v_bthv = jnp.concatenate([v_bthv.astype(f32), jnp.zeros((b, t, hv, dk), f32)], axis=-1)
+        eye = jnp.broadcast_to(jnp.eye(dk, dtype=f32), (b, hv, dk, dk))
+        initial = jnp.concatenate([jnp.zeros((b, hv, dk, dv), f32), eye], axis=-1)
     if c.deltanet_impl == "recurrent":
         return recurrent_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt, initial)
     return chunked_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt,

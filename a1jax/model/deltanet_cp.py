@@ -67,7 +67,7 @@ def context_parallel_deltanet(shards: SequenceShards, qkv_btc: jax.Array, g_bth:
         dv = o_aug.shape[-1] - s_aug.shape[-2]
         o0_rthv, q_tilde_rthk = o_aug[..., :dv], o_aug[..., dv:]
         b_rhkv, m_rhkk = s_aug[..., :dv], s_aug[..., dv:]
-        keep_r = (runs_2[:, :, 0] == halo_r[:, :, -1]).reshape(b * 2).astype(jnp.float32)
+        keep_r = (runs_2[:, :, 0] == halo_r[:, :, -1]).reshape(b * 2).astype(m_rhkk.dtype)
 
         # 3. Fold all 2P summaries in chunk order.
         gather = lambda a: jax.lax.all_gather(a.reshape(b, 2, *a.shape[1:]), axis)
