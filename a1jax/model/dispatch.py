@@ -20,7 +20,7 @@ def dense(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj):
     """Every token through every expert, weighted by its (mostly zero) combine weight: the slow,
     obvious reference (cost: all experts, not the routed ones)."""
     e = gate_proj.shape[0]
-    combine_te = jnp.sum(jax.nn.one_hot(experts_tk, e, dtype=jnp.float32)
+    combine_te = jnp.sum(jax.nn.one_hot(experts_tk, e, dtype=weights_tk.dtype)
                          * weights_tk[..., None], axis=1)
     h_tef = (jax.nn.silu(jnp.einsum("td,edf->tef", x_td, gate_proj))
              * jnp.einsum("td,edf->tef", x_td, up_proj))
@@ -153,7 +153,7 @@ def _blocks_bwd(residuals, dy_nbd):
     weight gradient naturally is (x^T dy, contracting the rows) at half the rate. The
     transposes happen once, outside the loop."""
     x_nbd, block_expert, gate_proj, up_proj, down_proj, gate_nbf, up_nbf = residuals
-    f32 = jnp.float32
+    f32 = jnp.promote_types(x_nbd.dtype, jnp.float32)  # accumulate in fp32 (fp64 stays fp64)
     t = lambda a: jnp.swapaxes(a, 1, 2)
 
     def add(acc, e, update):
@@ -200,7 +200,7 @@ def _after(dependency, *trees):
     times 0 (not folded away for floats, where 0 x inf is nan), fused into the trees' first
     use. A non-finite first element makes them non-finite, as it would the results of a
     backward it is the cotangent of."""
-    zero = (jnp.ravel(dependency)[0] * 0).astype(jnp.float32)
+    zero = jnp.ravel(dependency)[0] * 0
     return jax.tree.map(lambda a: a + zero.astype(a.dtype), trees)
 
 
