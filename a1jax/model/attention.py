@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from a1jax.model.base import RMSNorm, normal, param
+from a1jax.model.base import RMSNorm, accum_dtype, normal, param
 from a1jax.model.blockwise import blockwise_attention
 from a1jax.model.config import ConfigError, ModelConfig
 from a1jax.model.context import SequenceShards, over_sequence, sequence_shards
@@ -24,17 +24,17 @@ def reference_attention(q_bthk: jax.Array, k_bsnk: jax.Array, v_bsnk: jax.Array,
     """Causal softmax attention within segments, materialising the [t, s] score matrix.
 
     The slow, obvious reference every faster kernel is tested against. Query head h reads KV
-    head h // (heads / kv_heads). Scores and softmax in fp32."""
+    head h // (heads / kv_heads). Scores and softmax in fp32 (or wider: `accum_dtype`)."""
     b, t, h, k = q_bthk.shape
     n = k_bsnk.shape[2]
     q_btngk = q_bthk.reshape(b, t, n, h // n, k)
     scores = jnp.einsum("btngk,bsnk->bngts", q_btngk, k_bsnk,
-                        preferred_element_type=jnp.float32) * (k ** -0.5)
+                        preferred_element_type=accum_dtype(q_bthk, k_bsnk)) * (k ** -0.5)
     idx = jnp.arange(t)
     causal_ts = idx[:, None] >= idx[None, :]
     same_bts = runs_bt[:, :, None] == runs_bt[:, None, :]
     mask = (causal_ts[None] & same_bts)[:, None, None]
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_bsnk.dtype)
     out = jnp.einsum("bngts,bsnk->btngk", probs, v_bsnk)
     return out.reshape(b, t, h, k)

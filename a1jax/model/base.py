@@ -25,9 +25,15 @@ def normal(std: float) -> Initializer:
     return nn.initializers.normal(stddev=std)
 
 
+def accum_dtype(*arrays: jax.Array) -> jnp.dtype:
+    """The dtype for softmax, norm, RoPE, router and loss math: fp32, or wider when the inputs
+    are (bf16 and fp32 -> fp32; fp64, in precision tests, stays fp64)."""
+    return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
+
+
 def rms_normalize(x: jax.Array, eps: float) -> jax.Array:
-    """x / rms(x) over the last axis, in float32."""
-    x = x.astype(jnp.float32)
+    """x / rms(x) over the last axis, in fp32 (or wider: `accum_dtype`)."""
+    x = x.astype(accum_dtype(x))
     return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + eps)
 
 
@@ -40,7 +46,7 @@ def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
 
 
 def _rms_norm_fwd(x, w, eps):
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(accum_dtype(x, w))
     inv = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
     return (x32 * inv * (1.0 + w)).astype(x.dtype), (x, w, inv)
 
@@ -48,8 +54,8 @@ def _rms_norm_fwd(x, w, eps):
 def _rms_norm_bwd(eps, residuals, g):
     del eps
     x, w, inv = residuals
-    normed = x.astype(jnp.float32) * inv
-    g32 = g.astype(jnp.float32)
+    normed = x.astype(inv.dtype) * inv
+    g32 = g.astype(inv.dtype)
     dw = jnp.sum((g32 * normed).reshape(-1, normed.shape[-1]), axis=0).astype(w.dtype)
     g_normed = g32 * (1.0 + w)
     dx = inv * (g_normed - normed * jnp.mean(g_normed * normed, axis=-1, keepdims=True))
@@ -60,7 +66,8 @@ rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 
 
 class RMSNorm(nn.Module):
-    """Zero-centred RMSNorm: `x * rsqrt(mean(x^2) + eps) * (1 + w)` in fp32, w initialised to 0."""
+    """Zero-centred RMSNorm: `x * rsqrt(mean(x^2) + eps) * (1 + w)` in fp32 (or wider), w
+    initialised to 0."""
 
     eps: float
     axis: str = "embed"

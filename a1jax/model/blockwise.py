@@ -25,6 +25,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from a1jax.model.base import accum_dtype
+
 _NEG = -1e30  # finite "minus infinity": a masked score; exp(_NEG - m) underflows to 0
 _FAR = 2 ** 30  # index given to key padding: later than every query, so always masked
 
@@ -36,7 +38,8 @@ def blockwise_attention(q_bthk: jax.Array, k_bsnk: jax.Array, v_bsnk: jax.Array,
                         block_size: int = 512, gather_axis: str | None = None) -> jax.Array:
     """Causal softmax attention within runs, a block at a time; same function as
     `reference_attention` (query head h reads KV head h // (heads / kv_heads), scale k^-0.5,
-    scores and softmax in fp32). Lengths need not be multiples of `block_size`.
+    scores and softmax in fp32, or wider for wider inputs). Lengths need not be multiples of
+    `block_size`.
 
     Without indices, queries and keys are the same tokens in order (self-attention). With
     `gather_axis`, the key-side arguments are this device's shard along time and the keys are
@@ -99,12 +102,13 @@ def _tile_mask(qr_bq, qi_bq, kr_bs, ki_bs):
 def _scores(q_bqngk, k_bsnk):
     scale = q_bqngk.shape[-1] ** -0.5
     return jnp.einsum("bqngk,bsnk->bngqs", q_bqngk, k_bsnk,
-                      preferred_element_type=jnp.float32) * scale
+                      preferred_element_type=accum_dtype(q_bqngk, k_bsnk)) * scale
 
 
 def _forward(q, k, v, q_runs, kv_runs, q_idx, kv_idx, bq, bk):
-    """Returns (out [b, t, n, g, k] in v's dtype, lse [b, n, g, t] fp32)."""
+    """Returns (out [b, t, n, g, k] in v's dtype, lse [b, n, g, t] fp32 (or wider))."""
     b, t, n, g, dk = q.shape
+    f32 = accum_dtype(q, k, v)
     nq, nk = t // bq, k.shape[1] // bk
     live_qk = _live(q_runs, q_idx, kv_runs, kv_idx, bq, bk)
 
@@ -122,13 +126,13 @@ def _forward(q, k, v, q_runs, kv_runs, q_idx, kv_idx, bq, bk):
                 p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
                 alpha = jnp.exp(m - m_new)
                 pv = jnp.einsum("bngqs,bsnk->bngqk", p.astype(v_j.dtype), v_j,
-                                preferred_element_type=jnp.float32)
+                                preferred_element_type=f32)
                 return m_new, l * alpha + jnp.sum(p, axis=-1), acc * alpha[..., None] + pv
 
             return jax.lax.cond(live_qk[i, j], compute, lambda c: c, carry)
 
-        init = (jnp.full((b, n, g, bq), _NEG, jnp.float32), jnp.zeros((b, n, g, bq), jnp.float32),
-                jnp.zeros((b, n, g, bq, dk), jnp.float32))
+        init = (jnp.full((b, n, g, bq), _NEG, f32), jnp.zeros((b, n, g, bq), f32),
+                jnp.zeros((b, n, g, bq, dk), f32))
         m, l, acc = jax.lax.fori_loop(0, nk, tile, init)
         seen = l > 0  # only block padding sees nothing (every real token sees itself)
         out_i = jnp.moveaxis(acc / jnp.where(seen, l, 1.0)[..., None], 3, 1).astype(out.dtype)
@@ -136,18 +140,19 @@ def _forward(q, k, v, q_runs, kv_runs, q_idx, kv_idx, bq, bk):
         return (jax.lax.dynamic_update_slice_in_dim(out, out_i, i * bq, axis=1),
                 jax.lax.dynamic_update_slice_in_dim(lse, lse_i, i * bq, axis=3))
 
-    init = (jnp.zeros((b, t, n, g, dk), v.dtype), jnp.zeros((b, n, g, t), jnp.float32))
+    init = (jnp.zeros((b, t, n, g, dk), v.dtype), jnp.zeros((b, n, g, t), f32))
     return jax.lax.fori_loop(0, nq, query_block, init)
 
 
 def _backward(q, k, v, q_runs, kv_runs, q_idx, kv_idx, out, lse, d_out, bq, bk):
     """Flash-attention backward: for each key block, walk the query blocks; dK/dV of the key
-    block accumulate in the inner carry, dQ across the outer loop. All in fp32."""
+    block accumulate in the inner carry, dQ across the outer loop. All in fp32 (or wider)."""
     b, t, n, g, dk = q.shape
+    f32 = accum_dtype(q, k, v, d_out)
     nq, nk = t // bq, k.shape[1] // bk
     live_qk = _live(q_runs, q_idx, kv_runs, kv_idx, bq, bk)
     # D_i = sum_k dO_ik O_ik: the softmax Jacobian's diagonal term, per query and head.
-    delta = jnp.einsum("btngk,btngk->bngt", d_out.astype(jnp.float32), out.astype(jnp.float32))
+    delta = jnp.einsum("btngk,btngk->bngt", d_out.astype(f32), out.astype(f32))
     scale = dk ** -0.5
 
     def key_block(j, carry):
@@ -163,24 +168,24 @@ def _backward(q, k, v, q_runs, kv_runs, q_idx, kv_idx, out, lse, d_out, bq, bk):
                 lse_i, delta_i = _slice(lse, i, bq, 3), _slice(delta, i, bq, 3)
                 p = jnp.where(mask, jnp.exp(_scores(q_i, k_j) - lse_i[..., None]), 0.0)
                 dv_j = dv_j + jnp.einsum("bngqs,bqngk->bsnk", p.astype(do_i.dtype), do_i,
-                                         preferred_element_type=jnp.float32)
+                                         preferred_element_type=f32)
                 dp = jnp.einsum("bqngk,bsnk->bngqs", do_i, v_j,
-                                preferred_element_type=jnp.float32)
+                                preferred_element_type=f32)
                 ds = p * (dp - delta_i[..., None]) * scale
                 dq_i = _slice(dq, i, bq) + jnp.einsum("bngqs,bsnk->bqngk", ds,
-                                                      k_j.astype(jnp.float32))
-                dk_j = dk_j + jnp.einsum("bngqs,bqngk->bsnk", ds, q_i.astype(jnp.float32))
+                                                      k_j.astype(f32))
+                dk_j = dk_j + jnp.einsum("bngqs,bqngk->bsnk", ds, q_i.astype(f32))
                 return dk_j, dv_j, jax.lax.dynamic_update_slice_in_dim(dq, dq_i, i * bq, axis=1)
 
             return jax.lax.cond(live_qk[i, j], compute, lambda c: c, carry)
 
-        zeros = jnp.zeros(k_j.shape, jnp.float32)
+        zeros = jnp.zeros(k_j.shape, f32)
         dk_j, dv_j, dq = jax.lax.fori_loop(0, nq, tile, (zeros, zeros, dq))
         update = lambda a, a_j: jax.lax.dynamic_update_slice_in_dim(a, a_j, j * bk, axis=1)
         return dq, update(dk_all, dk_j), update(dv_all, dv_j)
 
-    init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32),
-            jnp.zeros(v.shape, jnp.float32))
+    init = (jnp.zeros(q.shape, f32), jnp.zeros(k.shape, f32),
+            jnp.zeros(v.shape, f32))
     return jax.lax.fori_loop(0, nk, key_block, init)
 
 

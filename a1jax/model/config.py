@@ -13,7 +13,9 @@ from a1jax.errors import A1Error
 
 FULL = "full_attention"
 LINEAR = "linear_attention"
-DTYPES = ("float32", "bfloat16")
+# float64 is for precision tests (with jax_enable_x64 and float64 params): the math that runs
+# in fp32 for bf16 and fp32 then runs in fp64, so sharded and unsharded paths compare at 1e-10.
+DTYPES = ("float32", "bfloat16", "float64")
 MOE_DISPATCH = ("dense", "dropless", "expert_parallel")
 REMAT = ("none", "full", "dots")
 ATTENTION_IMPL = ("reference", "blockwise", "cudnn")

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from a1jax.model import dispatch
-from a1jax.model.base import normal, param
+from a1jax.model.base import accum_dtype, normal, param
 from a1jax.model.config import ModelConfig
 from a1jax.model.context import flatten_tokens, over_tokens, sequence_shards, unflatten_tokens
 from jax.sharding import PartitionSpec as P
@@ -28,9 +28,10 @@ class Routing(NamedTuple):
 
 
 def route(x_td: jax.Array, w_router_de: jax.Array, top_k: int) -> Routing:
-    """Softmax over all experts in fp32, keep the top k, renormalise them to sum to one."""
-    logits_te = jnp.einsum("td,de->te", x_td.astype(jnp.float32), w_router_de,
-                           precision=jax.lax.Precision.HIGHEST)
+    """Softmax over all experts in fp32 (or wider: `accum_dtype`), keep the top k, renormalise
+    them to sum to one."""
+    x_td = x_td.astype(accum_dtype(x_td, w_router_de))
+    logits_te = jnp.einsum("td,de->te", x_td, w_router_de, precision=jax.lax.Precision.HIGHEST)
     probs_te = jax.nn.softmax(logits_te, axis=-1)
     top_tk, experts_tk = jax.lax.top_k(probs_te, top_k)
     return Routing(top_tk / jnp.sum(top_tk, axis=-1, keepdims=True), experts_tk, probs_te,
@@ -49,9 +50,10 @@ class RouterStats(NamedTuple):
 
 def router_stats(routing: Routing, valid_t: jax.Array, num_experts: int,
                  dropped: jax.Array) -> RouterStats:
-    valid = valid_t.astype(jnp.float32)
+    f32 = routing.probs_te.dtype
+    valid = valid_t.astype(f32)
     count = jnp.maximum(jnp.sum(valid), 1.0)
-    onehot_te = jnp.sum(jax.nn.one_hot(routing.experts_tk, num_experts), axis=1)
+    onehot_te = jnp.sum(jax.nn.one_hot(routing.experts_tk, num_experts, dtype=f32), axis=1)
     z_t = jnp.square(jax.nn.logsumexp(routing.logits_te, axis=-1))
     return RouterStats(jnp.sum(onehot_te * valid[:, None], axis=0) / count,
                        jnp.sum(routing.probs_te * valid[:, None], axis=0) / count,

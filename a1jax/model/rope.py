@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from a1jax.model.base import accum_dtype
+
 
 def inverse_frequencies(config) -> tuple[np.ndarray, float]:
     """(inv_freq [rotary_dim / 2] float32, factor on cos and sin) for `config`'s RoPE.
@@ -47,11 +49,12 @@ def apply_rope(x_bthk: jax.Array, positions_bt: jax.Array, config) -> jax.Array:
     temporal, height and width positions of a text token are all equal."""
     rotary_dim = config.rotary_dim
     inv_freq, scale = inverse_frequencies(config)
-    angles_btr = positions_bt.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+    f32 = accum_dtype(x_bthk)  # the frequencies stay fp32 constants; fp64 angles in fp64 runs
+    angles_btr = positions_bt.astype(f32)[..., None] * jnp.asarray(inv_freq)
     angles_btr = jnp.concatenate([angles_btr, angles_btr], axis=-1)[:, :, None, :]
     cos, sin = jnp.cos(angles_btr) * scale, jnp.sin(angles_btr) * scale
     x_rot, x_pass = x_bthk[..., :rotary_dim], x_bthk[..., rotary_dim:]
     half = rotary_dim // 2
     rotated = jnp.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)
-    x_rot = (x_rot.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin)
+    x_rot = (x_rot.astype(f32) * cos + rotated.astype(f32) * sin)
     return jnp.concatenate([x_rot.astype(x_bthk.dtype), x_pass], axis=-1)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from a1jax.model.attention import GatedAttention
-from a1jax.model.base import RMSNorm, normal, param, run_ids
+from a1jax.model.base import RMSNorm, accum_dtype, normal, param, run_ids
 from a1jax.model.config import FULL, ModelConfig
 from a1jax.model.context import from_zigzag, sequence_shards, to_zigzag, zigzag_index
 from a1jax.model.deltanet import GatedDeltaNet
@@ -41,7 +41,7 @@ class DecoderLayer(nn.Module):
 
 
 class Output(NamedTuple):
-    logits_btx: jax.Array | None  # float32; None when called with head=False
+    logits_btx: jax.Array | None  # float32 (or wider: accum_dtype); None with head=False
     router: RouterStats  # each field stacked over MoE layers: [layers, experts]
     # With head=False: the final normed hidden states and the head's weight, for a loss that
     # computes logits a chunk at a time (a1jax.train.step.chunked_cross_entropy_sum).
@@ -108,6 +108,7 @@ class Transformer(nn.Module):
         router = RouterStats(*(jnp.stack(field) for field in zip(*stats)))
         if not head:
             return Output(None, router, x_btd, w_dx.astype(dtype))
-        logits_btx = jnp.einsum("btd,dx->btx", x_btd, w_dx.astype(dtype),
-                                preferred_element_type=jnp.float32)
+        w_dx = w_dx.astype(dtype)
+        logits_btx = jnp.einsum("btd,dx->btx", x_btd, w_dx,
+                                preferred_element_type=accum_dtype(x_btd, w_dx))
         return Output(logits_btx, router)

@@ -56,7 +56,8 @@ def test_sequence_parallel_loss_and_grads_equal_one_device(size, reference, devi
     # exp(g) amplify input errors tenfold in the backward pass. So: all gradients together to
     # 2e-5, each leaf to 1e-4. The CP DeltaNet is the unsharded function to 1e-12 in fp64 and as
     # accurate as one device in fp32 (tests/model/test_deltanet_precision.py); the layers alone
-    # match to 1e-5 in fp32 (tests/model/test_long_context.py).
+    # match to 1e-5 in fp32 (tests/model/test_long_context.py); the whole model's CP loss and
+    # gradients equal one device's to 1e-14 in fp64 (test_context_parallel_fp64.py).
     flat_ref = jax.tree_util.tree_flatten_with_path(ref_grads)[0]
     flat_got = [np.asarray(g, np.float64) for g in jax.tree.leaves(grads)]
     diff = np.sqrt(sum(np.sum((g - r) ** 2) for g, (_, r) in zip(flat_got, flat_ref)))
