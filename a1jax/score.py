@@ -93,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="Hugging Face directory or a1jax checkpoint")
     parser.add_argument("--tokens", required=True, help="JSON list of token-id lists")
     parser.add_argument("--out", required=True, help="output .npz")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="compute dtype")
+    parser.add_argument("--dtype", default="float32", choices=[d for d in DTYPES if d != "float64"],
+                        help="compute dtype")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()

@@ -237,11 +237,12 @@ class GatedDeltaNet(nn.Module):
         w_norm = param(self, "norm", (dv,), ("head_dim",), nn.initializers.ones_init())
         w_out = param(self, "out_proj", (hv, dv, d), ("linear_heads", "head_dim", "embed"), init)
 
+        wide = jnp.promote_types(dtype, jnp.float32)  # gates in fp32 (fp64 stays fp64)
         x = x_btd.astype(dtype)
         qkv_btc = jnp.einsum("btd,dc->btc", x, w_qkv.astype(dtype))
         z_bthv = jnp.einsum("btd,dhv->bthv", x, w_z.astype(dtype))
         beta_bth = jax.nn.sigmoid(jnp.einsum("btd,dh->bth", x, w_b.astype(dtype)))
-        a_bth = jnp.einsum("btd,dh->bth", x, w_a.astype(dtype)).astype(jnp.float32)
+        a_bth = jnp.einsum("btd,dh->bth", x, w_a.astype(dtype)).astype(wide)
         g_bth = -jnp.exp(a_log) * jax.nn.softplus(a_bth + dt_bias)
         w_conv = w_conv.astype(dtype)
 
@@ -254,5 +255,5 @@ class GatedDeltaNet(nn.Module):
                                                mix)
         # Gated RMSNorm per value head: plain multiplier w (initialised to 1), then silu(z).
         o_bthv = (w_norm * rms_normalize(o_bthv, c.rms_norm_eps).astype(dtype))
-        o_bthv = (o_bthv * jax.nn.silu(z_bthv.astype(jnp.float32))).astype(dtype)
+        o_bthv = (o_bthv * jax.nn.silu(z_bthv.astype(wide))).astype(dtype)
         return jnp.einsum("bthv,hvd->btd", o_bthv, w_out.astype(dtype))

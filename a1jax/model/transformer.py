@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from a1jax.model.attention import GatedAttention
 from a1jax.model.base import RMSNorm, accum_dtype, normal, param, run_ids
-from a1jax.model.config import FULL, ModelConfig
+from a1jax.model.config import FULL, ConfigError, ModelConfig
 from a1jax.model.context import from_zigzag, sequence_shards, to_zigzag, zigzag_index
 from a1jax.model.deltanet import GatedDeltaNet
 from a1jax.model.moe import RouterStats, SparseMoeBlock
@@ -62,6 +62,9 @@ class Transformer(nn.Module):
     def __call__(self, tokens_bt: jax.Array, segment_ids_bt: jax.Array | None = None,
                  positions_bt: jax.Array | None = None, head: bool = True) -> Output:
         c = self.config
+        if c.dtype == "float64" and not jax.config.jax_enable_x64:
+            raise ConfigError("dtype 'float64' (for precision tests) needs jax_enable_x64; "
+                              "without it JAX computes in float32")
         dtype = jnp.dtype(c.dtype)
         b, t = tokens_bt.shape
         if segment_ids_bt is None:
