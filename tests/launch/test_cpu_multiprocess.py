@@ -41,7 +41,11 @@ def test_two_processes_equal_one_and_resume_in_one(tmp_path):
         summary = runner.run(stage1(*STEPS, "steps=5"), workdir, report=lambda _: None)
         assert summary["status"] == "finished" and summary["steps"] == 5
     np.testing.assert_allclose(losses(multi)[5], losses(single)[5], rtol=1e-5)
-    assert_trees_close(final_params(multi, 5), final_params(single, 5), atol=1e-5)
+    # 2 x 4 and 1 x 8 devices sum gradients in different orders, so the step-4 states agree to
+    # fp32 rounding (above), and one more AdamW step divides that by sqrt(v): for an embedding
+    # row of a token seen once, whose v is tiny, 1e-7 becomes 1.5e-5 (measured, 1 element of
+    # 262,144). Hence 5e-5 after the extra step.
+    assert_trees_close(final_params(multi, 5), final_params(single, 5), atol=5e-5)
 
 
 def test_process_count_that_does_not_divide_the_devices(tmp_path):
