@@ -113,9 +113,10 @@ class Trainer:
 
 def release_host_memory() -> None:
     """Returns the heap pages that XLA's compiler has freed to the OS (glibc's `malloc_trim`).
-    glibc keeps them for reuse, but the step's buffers are allocated apart from that heap, so
-    without this the process peak is the compiler's leftovers plus the step: 0.5 GiB more for
-    the bench model on a CPU. Does nothing where glibc is absent."""
+    glibc keeps them for reuse; where a step's buffers are allocated apart from that heap (an
+    accelerator's host side, several CPU devices, or `A1JAX_KEEP_HEAP=0`: see
+    a1jax/host_memory.py), the process peak would otherwise be the compiler's leftovers plus
+    the step: 0.5 GiB more for the bench model on a CPU. Does nothing where glibc is absent."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
