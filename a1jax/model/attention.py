@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from a1jax.model.base import RMSNorm, accum_dtype, normal, param
+from a1jax.model.base import RMSNorm, accum_dtype, normal, param, project
 from a1jax.model.blockwise import blockwise_attention
 from a1jax.model.config import ConfigError, ModelConfig
 from a1jax.model.context import SequenceShards, over_sequence, sequence_shards
@@ -104,10 +104,10 @@ class GatedAttention(nn.Module):
         w_o = param(self, "o_proj", (h, k, d), ("heads", "head_dim", "embed"), init)
 
         x = x_btd.astype(dtype)
-        qg_bthk = jnp.einsum("btd,dhk->bthk", x, w_q.astype(dtype))
+        qg_bthk = project(x, w_q.astype(dtype))
         q_bthk, gate_bthk = qg_bthk[..., :k], qg_bthk[..., k:]
-        k_btnk = jnp.einsum("btd,dnk->btnk", x, w_k.astype(dtype))
-        v_btnk = jnp.einsum("btd,dnk->btnk", x, w_v.astype(dtype))
+        k_btnk = project(x, w_k.astype(dtype))
+        v_btnk = project(x, w_v.astype(dtype))
         q_bthk = RMSNorm(c.rms_norm_eps, axis="head_dim", name="q_norm")(q_bthk)
         k_btnk = RMSNorm(c.rms_norm_eps, axis="head_dim", name="k_norm")(k_btnk)
         q_bthk = apply_rope(q_bthk, positions_bt, c)
@@ -119,4 +119,4 @@ class GatedAttention(nn.Module):
         shards = None if self.is_initializing() else sequence_shards(c, x_btd.shape[1])
         out_bthk = attend(c, shards, q_bthk, k_btnk, v_btnk, runs_bt, index_bt)
         out_bthk = out_bthk * jax.nn.sigmoid(gate_bthk)
-        return jnp.einsum("bthk,hkd->btd", out_bthk, w_o.astype(dtype))
+        return project(out_bthk, w_o.astype(dtype), 2)

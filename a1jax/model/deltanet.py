@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from a1jax.model.base import normal, param, rms_normalize
+from a1jax.model.base import normal, param, project, rms_normalize
 from a1jax.model.config import ModelConfig
 from a1jax.model.context import sequence_shards
 from a1jax.model.deltanet_cp import context_parallel_deltanet
@@ -239,10 +239,10 @@ class GatedDeltaNet(nn.Module):
 
         wide = jnp.promote_types(dtype, jnp.float32)  # gates in fp32 (fp64 stays fp64)
         x = x_btd.astype(dtype)
-        qkv_btc = jnp.einsum("btd,dc->btc", x, w_qkv.astype(dtype))
-        z_bthv = jnp.einsum("btd,dhv->bthv", x, w_z.astype(dtype))
-        beta_bth = jax.nn.sigmoid(jnp.einsum("btd,dh->bth", x, w_b.astype(dtype)))
-        a_bth = jnp.einsum("btd,dh->bth", x, w_a.astype(dtype)).astype(wide)
+        qkv_btc = project(x, w_qkv.astype(dtype))
+        z_bthv = project(x, w_z.astype(dtype))
+        beta_bth = jax.nn.sigmoid(project(x, w_b.astype(dtype)))
+        a_bth = project(x, w_a.astype(dtype)).astype(wide)
         g_bth = -jnp.exp(a_log) * jax.nn.softplus(a_bth + dt_bias)
         w_conv = w_conv.astype(dtype)
 
@@ -256,4 +256,4 @@ class GatedDeltaNet(nn.Module):
         # Gated RMSNorm per value head: plain multiplier w (initialised to 1), then silu(z).
         o_bthv = (w_norm * rms_normalize(o_bthv, c.rms_norm_eps).astype(dtype))
         o_bthv = (o_bthv * jax.nn.silu(z_bthv.astype(wide))).astype(dtype)
-        return jnp.einsum("bthv,hvd->btd", o_bthv, w_out.astype(dtype))
+        return project(o_bthv, w_out.astype(dtype), 2)
