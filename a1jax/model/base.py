@@ -99,6 +99,17 @@ def _project_bwd(n_in, residuals, g):
 project.defvjp(_project_fwd, _project_bwd)
 
 
+def after(dependency, *trees):
+    """`trees`, made to depend on `dependency` at the cost of adding a zero: its first element
+    times 0 (not folded away for floats, where 0 x inf is nan), fused into the trees' first
+    use. For a hand-written backward: what it makes from `trees` can neither be scheduled
+    before the cotangent exists nor be merged with the forward's identical values. A
+    non-finite first element makes them non-finite, as it would the results of a backward it
+    is the cotangent of."""
+    zero = jnp.ravel(dependency)[0] * 0
+    return jax.tree.map(lambda a: a + zero.astype(a.dtype), trees)
+
+
 class RMSNorm(nn.Module):
     """Zero-centred RMSNorm: `x * rsqrt(mean(x^2) + eps) * (1 + w)` in fp32 (or wider), w
     initialised to 0."""

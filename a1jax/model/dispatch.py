@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from a1jax.model.base import after
+
 
 def dense(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj):
     """Every token through every expert, weighted by its (mostly zero) combine weight: the slow,
@@ -148,60 +150,53 @@ def _blocks_fwd(x_nbd, block_expert, gate_proj, up_proj, down_proj):
 
 
 def _blocks_bwd(residuals, dy_nbd):
-    """Works on transposed blocks ([features, rows]) so that every matmul in the loop is a
-    plain or a right-transposed product: XLA's CPU backend runs the left-transposed products a
-    weight gradient naturally is (x^T dy, contracting the rows) at half the rate. The
-    transposes happen once, outside the loop."""
+    """Row-major throughout: the weight gradients are products over a block's rows (x^T dy),
+    accumulated per expert in place in fp32. (Transposing the blocks once outside the loop so
+    that every product in it was a plain one cost 15 ms a layer in copies, more than the
+    transposed products themselves.)"""
     x_nbd, block_expert, gate_proj, up_proj, down_proj, gate_nbf, up_nbf = residuals
     f32 = jnp.promote_types(x_nbd.dtype, jnp.float32)  # accumulate in fp32 (fp64 stays fp64)
-    t = lambda a: jnp.swapaxes(a, 1, 2)
+    over_rows = (((0,), (0,)), ((), ()))  # [b, m] x [b, n] -> [m, n]
+    over_features = (((1,), (1,)), ((), ()))  # [b, n] x [m, n] -> [b, m]
 
     def add(acc, e, update):
         return jax.lax.dynamic_update_index_in_dim(acc, _expert(acc, e) + update, e, axis=0)
 
     def block(carry, xs):
-        d_gate, d_up, d_down, dxt_ndb, i = carry
-        xt_db, e, gate_fb, up_fb, dy_bd, dyt_db = xs
-        gate_fb, up_fb = gate_fb.astype(f32), up_fb.astype(f32)
-        sig = jax.nn.sigmoid(gate_fb)
-        silu = gate_fb * sig
-        dh_fb = jnp.matmul(_expert(down_proj, e), dyt_db, preferred_element_type=f32)
-        d_down = add(d_down, e, jnp.matmul((silu * up_fb).astype(dy_bd.dtype), dy_bd,
-                                           preferred_element_type=f32))
-        d_up_fb = (dh_fb * silu).astype(xt_db.dtype)
-        d_gate_fb = (dh_fb * up_fb * sig * (1 + gate_fb * (1 - sig))).astype(xt_db.dtype)
-        dxt_db = (jnp.matmul(_expert(gate_proj, e), d_gate_fb, preferred_element_type=f32)
-                  + jnp.matmul(_expert(up_proj, e), d_up_fb, preferred_element_type=f32))
-        contract_rows = (((1,), (1,)), ((), ()))  # [d, b] x [f, b] -> [d, f]
-        d_gate = add(d_gate, e, jax.lax.dot_general(xt_db, d_gate_fb, contract_rows,
+        d_gate, d_up, d_down, dx_nbd, i = carry
+        x_bd, e, gate_bf, up_bf, dy_bd = xs
+        gate_bf, up_bf = gate_bf.astype(f32), up_bf.astype(f32)
+        sig = jax.nn.sigmoid(gate_bf)
+        silu = gate_bf * sig
+        dh_bf = jax.lax.dot_general(dy_bd, _expert(down_proj, e), over_features,
+                                    preferred_element_type=f32)
+        d_down = add(d_down, e, jax.lax.dot_general((silu * up_bf).astype(dy_bd.dtype), dy_bd,
+                                                    over_rows, preferred_element_type=f32))
+        d_up_bf = (dh_bf * silu).astype(x_bd.dtype)
+        d_gate_bf = (dh_bf * up_bf * sig * (1 + gate_bf * (1 - sig))).astype(x_bd.dtype)
+        dx_bd = (jax.lax.dot_general(d_gate_bf, _expert(gate_proj, e), over_features,
+                                     preferred_element_type=f32)
+                 + jax.lax.dot_general(d_up_bf, _expert(up_proj, e), over_features,
+                                       preferred_element_type=f32))
+        d_gate = add(d_gate, e, jax.lax.dot_general(x_bd, d_gate_bf, over_rows,
                                                     preferred_element_type=f32))
-        d_up = add(d_up, e, jax.lax.dot_general(xt_db, d_up_fb, contract_rows,
+        d_up = add(d_up, e, jax.lax.dot_general(x_bd, d_up_bf, over_rows,
                                                 preferred_element_type=f32))
-        dxt_ndb = jax.lax.dynamic_update_index_in_dim(dxt_ndb, dxt_db.astype(dxt_ndb.dtype), i, 0)
-        return (d_gate, d_up, d_down, dxt_ndb, i + 1), None
+        dx_nbd = jax.lax.dynamic_update_index_in_dim(dx_nbd, dx_bd.astype(dx_nbd.dtype), i, 0)
+        return (d_gate, d_up, d_down, dx_nbd, i + 1), None
 
-    # Everything the loop starts from (zeroed accumulators, the transposes) is made from values
-    # that depend on the cotangent (`_after`). XLA's CPU scheduler otherwise makes them for every
-    # layer at the start of the backward, where all are live at once (0.7 GiB in the bench
-    # model's step); an optimization barrier does not survive its pipeline.
+    # The loop's zeroed accumulators and its dx buffer (a carry, not the scan's stacked output,
+    # which scan would zero itself) are made from a value that depends on the cotangent
+    # (`after`). XLA's CPU scheduler otherwise makes them for every layer at the start of the
+    # backward, where all are live at once (0.7 GiB in the bench model's step); an
+    # optimization barrier does not survive its pipeline.
     zeros = [jnp.zeros(w.shape, f32) for w in (gate_proj, up_proj, down_proj)]
-    zeros.append(jnp.zeros(t(x_nbd).shape, x_nbd.dtype))
-    zeros, x_nbd, gate_nbf, up_nbf = _after(dy_nbd, zeros, x_nbd, gate_nbf, up_nbf)
-    (d_gate, d_up, d_down, dxt_ndb, _), _ = jax.lax.scan(
-        block, (*zeros, jnp.int32(0)),
-        (t(x_nbd), block_expert, t(gate_nbf), t(up_nbf), dy_nbd, t(dy_nbd)))
+    zeros, = after(dy_nbd, zeros + [jnp.zeros(x_nbd.shape, x_nbd.dtype)])
+    (d_gate, d_up, d_down, dx_nbd, _), _ = jax.lax.scan(
+        block, (*zeros, jnp.int32(0)), (x_nbd, block_expert, gate_nbf, up_nbf, dy_nbd))
     none = np.zeros(block_expert.shape, jax.dtypes.float0)
-    return (t(dxt_ndb), none, d_gate.astype(gate_proj.dtype), d_up.astype(up_proj.dtype),
+    return (dx_nbd, none, d_gate.astype(gate_proj.dtype), d_up.astype(up_proj.dtype),
             d_down.astype(down_proj.dtype))
-
-
-def _after(dependency, *trees):
-    """`trees`, made to depend on `dependency` at the cost of adding a zero: its first element
-    times 0 (not folded away for floats, where 0 x inf is nan), fused into the trees' first
-    use. A non-finite first element makes them non-finite, as it would the results of a
-    backward it is the cotangent of."""
-    zero = jnp.ravel(dependency)[0] * 0
-    return jax.tree.map(lambda a: a + zero.astype(a.dtype), trees)
 
 
 _blocks_swiglu.defvjp(_blocks_fwd, _blocks_bwd)
