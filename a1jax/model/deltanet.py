@@ -11,11 +11,37 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from a1jax.model.base import normal, param, project, rms_normalize
+from a1jax.model.base import after, normal, param, project, rms_normalize
 from a1jax.model.config import ModelConfig
 from a1jax.model.context import sequence_shards
 from a1jax.model.deltanet_cp import context_parallel_deltanet
+
+
+def _shift(a: jax.Array, steps: int, fill=0) -> jax.Array:
+    """`a` moved `steps` tokens later along time (earlier for negative steps), `fill` where
+    nothing comes in."""
+    if steps == 0:
+        return a
+    t = a.shape[1]
+    pad = [(0, 0)] * a.ndim
+    pad[1] = (steps, 0) if steps > 0 else (0, -steps)
+    padded = jnp.pad(a, pad, constant_values=fill)
+    return padded[:, :t] if steps > 0 else padded[:, -steps:]
+
+
+def _same_run(runs_bt: jax.Array, steps: int) -> jax.Array:
+    """[b, t, 1]: token t - steps exists and is in token t's segment."""
+    return (_shift(runs_bt, steps, fill=-1) == runs_bt)[..., None]
+
+
+def _conv(x_btc, w_wc, runs_bt):
+    window = w_wc.shape[0]
+    out = x_btc * w_wc[window - 1]
+    for s in range(1, window):
+        out = out + jnp.where(_same_run(runs_bt, s), _shift(x_btc, s), 0) * w_wc[window - 1 - s]
+    return out
 
 
 def causal_conv(x_btc: jax.Array, w_wc: jax.Array, runs_bt: jax.Array) -> jax.Array:
@@ -23,14 +49,43 @@ def causal_conv(x_btc: jax.Array, w_wc: jax.Array, runs_bt: jax.Array) -> jax.Ar
     segment start, so each packed segment sees exactly what it would see alone.
 
     `w_wc[w - 1]` multiplies the current token, `w_wc[0]` the oldest one in the window."""
-    window = w_wc.shape[0]
-    out = x_btc * w_wc[window - 1]
-    for shift in range(1, window):
-        x_prev = jnp.pad(x_btc, ((0, 0), (shift, 0), (0, 0)))[:, :-shift]
-        runs_prev = jnp.pad(runs_bt, ((0, 0), (shift, 0)), constant_values=-1)[:, :-shift]
-        same = (runs_prev == runs_bt)[..., None]
-        out = out + jnp.where(same, x_prev, 0) * w_wc[window - 1 - shift]
-    return out
+    return _conv(x_btc, w_wc, runs_bt)
+
+
+@jax.custom_vjp
+def conv_silu(x_btc: jax.Array, w_wc: jax.Array, runs_bt: jax.Array) -> jax.Array:
+    """silu(causal_conv(x)). Its backward keeps only x (and recomputes the conv, a few
+    multiply-adds a channel): autodiff would keep each tap's masked, shifted copy of x, three
+    [b, t, channels] activations per layer (144 MiB of the bench model's step)."""
+    return jax.nn.silu(_conv(x_btc, w_wc, runs_bt))
+
+
+def _conv_silu_fwd(x_btc, w_wc, runs_bt):
+    return conv_silu(x_btc, w_wc, runs_bt), (x_btc, w_wc, runs_bt)
+
+
+def _conv_silu_bwd(residuals, g_btc):
+    x, w, runs = residuals
+    window = w.shape[0]
+    f32 = jnp.promote_types(x.dtype, jnp.float32)
+    # Recomputed from a copy that depends on the cotangent (`after`): XLA would otherwise merge
+    # the recomputation's shifted copies of x with the forward's and keep those alive instead.
+    x, = after(g_btc, x)
+    a = _conv(x, w, runs).astype(f32)
+    sig = jax.nn.sigmoid(a)
+    da = (g_btc.astype(f32) * sig * (1 + a * (1 - sig))).astype(x.dtype)
+    # out[t] += w[window-1-s] * x[t-s] (same run)  =>  dx[t] += w[window-1-s] * da[t+s]
+    dx = da * w[window - 1]
+    dw = [jnp.sum((da * x).astype(f32), axis=(0, 1))]
+    for s in range(1, window):
+        same = _same_run(runs, s)
+        dx = dx + jnp.where(_shift(same, -s, fill=False), _shift(da, -s), 0) * w[window - 1 - s]
+        dw.append(jnp.sum(jnp.where(same, da * _shift(x, s), 0).astype(f32), axis=(0, 1)))
+    none = np.zeros(runs.shape, jax.dtypes.float0)
+    return dx.astype(x.dtype), jnp.stack(dw[::-1]).astype(w.dtype), none
+
+
+conv_silu.defvjp(_conv_silu_fwd, _conv_silu_bwd)
 
 
 def _prepare(q_bthk, k_bthk, v_bthv, g_bth, beta_bth):
@@ -192,11 +247,10 @@ def conv_delta_rule(config: ModelConfig, qkv_btc, runs_bt, halo_btc, halo_runs_b
     b, t, _ = qkv_btc.shape
     if halo_btc is not None:
         halo = halo_btc.shape[1]
-        qkv_btc = causal_conv(jnp.concatenate([halo_btc, qkv_btc], axis=1), w_conv_wc,
-                              jnp.concatenate([halo_runs_bt, runs_bt], axis=1))[:, halo:]
+        qkv_btc = conv_silu(jnp.concatenate([halo_btc, qkv_btc], axis=1), w_conv_wc,
+                            jnp.concatenate([halo_runs_bt, runs_bt], axis=1))[:, halo:]
     else:
-        qkv_btc = causal_conv(qkv_btc, w_conv_wc, runs_bt)
-    qkv_btc = jax.nn.silu(qkv_btc)
+        qkv_btc = conv_silu(qkv_btc, w_conv_wc, runs_bt)
     q_bthk = qkv_btc[..., : hk * dk].reshape(b, t, hk, dk)
     k_bthk = qkv_btc[..., hk * dk: 2 * hk * dk].reshape(b, t, hk, dk)
     v_bthv = qkv_btc[..., 2 * hk * dk:].reshape(b, t, hv, dv)
