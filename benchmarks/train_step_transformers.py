@@ -6,11 +6,16 @@
 Runs in its own process, so its peak RSS is its own. transformers' Qwen3.5-MoE uses its
 pure-PyTorch Gated DeltaNet on a CPU (the fused kernels need a GPU) and its eager per-expert
 loop for the MoE. The last line reads `transformers tokens_per_s=N peak_rss_gib=M loss=L`.
+
+By default PyTorch runs with glibc's allocator as a transformers user gets it: `import a1jax`
+(for the preset) would otherwise apply a1jax's CPU heap settings to this process too
+(a1jax/host_memory.py). `--keep-heap` applies them, for a peer with the same allocator.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 
@@ -25,7 +30,10 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--attention", default="sdpa", choices=["sdpa", "eager"])
+    parser.add_argument("--keep-heap", action="store_true",
+                        help="apply a1jax's CPU heap settings to this process as well")
     args = parser.parse_args()
+    os.environ["A1JAX_KEEP_HEAP"] = "1" if args.keep_heap else "0"  # before importing a1jax
 
     import torch
     from transformers import Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig
@@ -62,7 +70,7 @@ def main() -> None:
     tokens_per_s = args.batch * args.seq / step_s
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"transformers {args.model} (torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads): first loss {first_loss:.4f}; step {step_s:.3f}s (median of {args.steps}); "
+          f"threads, {'a1jax' if args.keep_heap else 'default'} heap): first loss {first_loss:.4f}; step {step_s:.3f}s (median of {args.steps}); "
           f"{tokens_per_s:,.0f} tokens/s; peak RSS {peak:.2f} GiB")
     print(f"transformers tokens_per_s={tokens_per_s:.0f} peak_rss_gib={peak:.2f} "
           f"loss={first_loss:.6f}")
