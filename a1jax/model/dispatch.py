@@ -106,9 +106,12 @@ def grouped_swiglu(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj,
         row_valid = offset < sizes[group]
         row_src = jnp.where(row_valid, start[group] + offset, 0)
         x_nbd = take_rows(x_ad, row_src, row_valid, dest, everywhere).reshape(num_blocks, block, d)
-        # Blocks past the real groups hold zeros (their expert id is clamped; output is 0).
+        # Only the experts' groups are computed: the blocks after them (the invalid
+        # assignments' group, then zeros) give zeros; their expert id is clamped.
         block_expert = jnp.minimum(group[::block], e - 1)
-        y_rd = _blocks_swiglu(x_nbd, block_expert, gate_proj, up_proj, down_proj).reshape(-1, d)
+        used = padded_end[e - 1] // block
+        y_rd = _blocks_swiglu(x_nbd, block_expert, gate_proj, up_proj, down_proj,
+                              used).reshape(-1, d)
         y_ad = take_rows(y_rd, dest, everywhere, row_src, row_valid)
     else:
         raise ValueError(f"unknown grouped matmul impl {impl!r}")
@@ -118,88 +121,116 @@ def grouped_swiglu(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj,
     return jnp.einsum("tkd,tk->td", y_tkd, weights_tk.astype(y_tkd.dtype))
 
 
-@jax.custom_vjp
-def _blocks_swiglu(x_nbd, block_expert, gate_proj, up_proj, down_proj):
-    """SwiGLU of each block of rows with its block's expert weights: a loop over blocks, each
-    reading its expert's weights in place (a dynamic slice).
+def _blocks_swiglu(x_nbd, block_expert, gate_proj, up_proj, down_proj, used=None):
+    """SwiGLU of each block of rows with its block's expert weights: a loop over the first
+    `used` blocks (all when None; the rest give zeros), each reading its expert's weights in
+    place (a dynamic slice).
 
     Written as a loop with a hand-written backward rather than one batched matmul against
     every block's gathered weights: XLA's CPU backend runs a batched matmul of many small
     [block, d] x [d, f] products at about a seventh of a single large matmul's rate, the
     gather copies num_blocks x 3 x d x f of weights (15 GB per layer at the 35B's 16K tokens
     per device), and autodiff of the gather scatters the weight gradients back serially. The
-    backward here accumulates each expert's weight gradient in place, in fp32."""
-    return _blocks_fwd(x_nbd, block_expert, gate_proj, up_proj, down_proj)[0]
+    backward here accumulates each expert's weight gradient in place, in fp32.
+
+    Gate and up run as one product against their weights side by side ([d, 2f]), forward and
+    backward: half as many small matmuls and weight reads a block, which is most of the loop's
+    cost besides the arithmetic. The trip count is dynamic because the static bound on blocks
+    (`dropless_num_blocks`) assumes every group wastes a block's worth of padding."""
+    if used is None:
+        used = jnp.int32(x_nbd.shape[0])
+    return _fused_blocks(x_nbd, block_expert, jnp.asarray(used, jnp.int32), gate_proj, up_proj,
+                         down_proj)
 
 
 def _expert(w, e):
     return jax.lax.dynamic_index_in_dim(w, e, axis=0, keepdims=False)
 
 
-def _block_forward(x_bd, e, gate_proj, up_proj, down_proj):
-    """One block through expert `e`: (output, gate and up pre-activations for the backward)."""
-    gate_bf = x_bd @ _expert(gate_proj, e)
-    up_bf = x_bd @ _expert(up_proj, e)
-    return (jax.nn.silu(gate_bf) * up_bf) @ _expert(down_proj, e), gate_bf, up_bf
+def _block_forward(x_bd, e, gate_up_proj, down_proj):
+    """One block through expert `e` (gate and up weights side by side, [e, d, 2f]): (output,
+    gate and up pre-activations side by side, for the backward)."""
+    f = down_proj.shape[1]
+    gate_up_bf = x_bd @ _expert(gate_up_proj, e)
+    h_bf = jax.nn.silu(gate_up_bf[:, :f]) * gate_up_bf[:, f:]
+    return h_bf @ _expert(down_proj, e), gate_up_bf
 
 
-def _blocks_fwd(x_nbd, block_expert, gate_proj, up_proj, down_proj):
-    block = lambda _, xs: (None, _block_forward(*xs, gate_proj, up_proj, down_proj))
-    _, (y_nbd, gate_nbf, up_nbf) = jax.lax.scan(block, None, (x_nbd, block_expert))
-    return y_nbd, (x_nbd, block_expert, gate_proj, up_proj, down_proj, gate_nbf, up_nbf)
+def _first_blocks(used, body, init):
+    """`body(i, carry)` for i in [0, used): a while loop with a dynamic trip count."""
+    return jax.lax.fori_loop(0, used, body, init)
 
 
-def _blocks_bwd(residuals, dy_nbd):
+@jax.custom_vjp
+def _fused_blocks(x_nbd, block_expert, used, gate_proj, up_proj, down_proj):
+    return _fused_fwd(x_nbd, block_expert, used, gate_proj, up_proj, down_proj)[0]
+
+
+def _fused_fwd(x_nbd, block_expert, used, gate_proj, up_proj, down_proj):
+    gate_up = jnp.concatenate([gate_proj, up_proj], axis=-1)
+    n, b, _ = x_nbd.shape
+    f2 = gate_up.shape[-1]
+
+    def block(i, carry):
+        y_nbd, gate_up_nbf = carry
+        y_bd, gate_up_bf = _block_forward(x_nbd[i], block_expert[i], gate_up, down_proj)
+        return (jax.lax.dynamic_update_index_in_dim(y_nbd, y_bd, i, 0),
+                jax.lax.dynamic_update_index_in_dim(gate_up_nbf, gate_up_bf, i, 0))
+
+    y_nbd, gate_up_nbf = _first_blocks(used, block, (jnp.zeros_like(x_nbd),
+                                                     jnp.zeros((n, b, f2), x_nbd.dtype)))
+    return y_nbd, (x_nbd, block_expert, used, gate_proj, up_proj, down_proj, gate_up_nbf)
+
+
+def _fused_bwd(residuals, dy_nbd):
     """Row-major throughout: the weight gradients are products over a block's rows (x^T dy),
     accumulated per expert in place in fp32. (Transposing the blocks once outside the loop so
     that every product in it was a plain one cost 15 ms a layer in copies, more than the
     transposed products themselves.)"""
-    x_nbd, block_expert, gate_proj, up_proj, down_proj, gate_nbf, up_nbf = residuals
+    x_nbd, block_expert, used, gate_proj, up_proj, down_proj, gate_up_nbf = residuals
+    f = down_proj.shape[1]
     f32 = jnp.promote_types(x_nbd.dtype, jnp.float32)  # accumulate in fp32 (fp64 stays fp64)
     over_rows = (((0,), (0,)), ((), ()))  # [b, m] x [b, n] -> [m, n]
     over_features = (((1,), (1,)), ((), ()))  # [b, n] x [m, n] -> [b, m]
+    dot = lambda a, b, dims: jax.lax.dot_general(a, b, dims, preferred_element_type=f32)
 
     def add(acc, e, update):
         return jax.lax.dynamic_update_index_in_dim(acc, _expert(acc, e) + update, e, axis=0)
 
-    def block(carry, xs):
-        d_gate, d_up, d_down, dx_nbd, i = carry
-        x_bd, e, gate_bf, up_bf, dy_bd = xs
-        gate_bf, up_bf = gate_bf.astype(f32), up_bf.astype(f32)
+    def block(i, carry):
+        d_gate_up, d_down, dx_nbd = carry
+        x_bd, e, dy_bd = x_nbd[i], block_expert[i], dy_nbd[i]
+        gate_up_bf = gate_up_nbf[i].astype(f32)
+        gate_bf, up_bf = gate_up_bf[:, :f], gate_up_bf[:, f:]
         sig = jax.nn.sigmoid(gate_bf)
         silu = gate_bf * sig
-        dh_bf = jax.lax.dot_general(dy_bd, _expert(down_proj, e), over_features,
-                                    preferred_element_type=f32)
-        d_down = add(d_down, e, jax.lax.dot_general((silu * up_bf).astype(dy_bd.dtype), dy_bd,
-                                                    over_rows, preferred_element_type=f32))
-        d_up_bf = (dh_bf * silu).astype(x_bd.dtype)
-        d_gate_bf = (dh_bf * up_bf * sig * (1 + gate_bf * (1 - sig))).astype(x_bd.dtype)
-        dx_bd = (jax.lax.dot_general(d_gate_bf, _expert(gate_proj, e), over_features,
-                                     preferred_element_type=f32)
-                 + jax.lax.dot_general(d_up_bf, _expert(up_proj, e), over_features,
-                                       preferred_element_type=f32))
-        d_gate = add(d_gate, e, jax.lax.dot_general(x_bd, d_gate_bf, over_rows,
-                                                    preferred_element_type=f32))
-        d_up = add(d_up, e, jax.lax.dot_general(x_bd, d_up_bf, over_rows,
-                                                preferred_element_type=f32))
+        dh_bf = dot(dy_bd, _expert(down_proj, e), over_features)
+        d_down = add(d_down, e, dot((silu * up_bf).astype(dy_bd.dtype), dy_bd, over_rows))
+        d_gate_up_bf = jnp.concatenate([dh_bf * up_bf * sig * (1 + gate_bf * (1 - sig)),
+                                        dh_bf * silu], axis=-1).astype(x_bd.dtype)
+        dx_bd = dot(d_gate_up_bf, _expert(gate_up, e), over_features)
+        d_gate_up = add(d_gate_up, e, dot(x_bd, d_gate_up_bf, over_rows))
         dx_nbd = jax.lax.dynamic_update_index_in_dim(dx_nbd, dx_bd.astype(dx_nbd.dtype), i, 0)
-        return (d_gate, d_up, d_down, dx_nbd, i + 1), None
+        return d_gate_up, d_down, dx_nbd
 
-    # The loop's zeroed accumulators and its dx buffer (a carry, not the scan's stacked output,
-    # which scan would zero itself) are made from a value that depends on the cotangent
-    # (`after`). XLA's CPU scheduler otherwise makes them for every layer at the start of the
-    # backward, where all are live at once (0.7 GiB in the bench model's step); an
-    # optimization barrier does not survive its pipeline.
-    zeros = [jnp.zeros(w.shape, f32) for w in (gate_proj, up_proj, down_proj)]
-    zeros, = after(dy_nbd, zeros + [jnp.zeros(x_nbd.shape, x_nbd.dtype)])
-    (d_gate, d_up, d_down, dx_nbd, _), _ = jax.lax.scan(
-        block, (*zeros, jnp.int32(0)), (x_nbd, block_expert, gate_nbf, up_nbf, dy_nbd))
-    none = np.zeros(block_expert.shape, jax.dtypes.float0)
-    return (dx_nbd, none, d_gate.astype(gate_proj.dtype), d_up.astype(up_proj.dtype),
-            d_down.astype(down_proj.dtype))
+    # The loop's zeroed accumulators and its dx buffer are made from a value that depends on
+    # the cotangent (`after`), and so are the side-by-side weights. XLA's CPU scheduler
+    # otherwise makes them for every layer at the start of the backward, where all are live at
+    # once (0.7 GiB in the bench model's step); an optimization barrier does not survive its
+    # pipeline.
+    e_, d, _ = gate_proj.shape
+    (gate_proj, up_proj), = after(dy_nbd, [gate_proj, up_proj])
+    gate_up = jnp.concatenate([gate_proj, up_proj], axis=-1)
+    zeros = [jnp.zeros((e_, d, 2 * f), f32), jnp.zeros(down_proj.shape, f32),
+             jnp.zeros(x_nbd.shape, x_nbd.dtype)]
+    zeros, = after(dy_nbd, zeros)
+    d_gate_up, d_down, dx_nbd = _first_blocks(used, block, tuple(zeros))
+    none = lambda a: np.zeros(a.shape, jax.dtypes.float0)
+    return (dx_nbd, none(block_expert), none(used), d_gate_up[..., :f].astype(gate_proj.dtype),
+            d_gate_up[..., f:].astype(up_proj.dtype), d_down.astype(down_proj.dtype))
 
 
-_blocks_swiglu.defvjp(_blocks_fwd, _blocks_bwd)
+_fused_blocks.defvjp(_fused_fwd, _fused_bwd)
 
 
 def dropless_num_blocks(assignments: int, experts: int, block: int) -> int:
@@ -229,7 +260,8 @@ def dropless_compiled_flops(tokens: int, top_k: int, experts: int, d: int, f: in
             raise RuntimeError(f"expected the blocks loop alone in the compiled layer, found "
                                f"{loops} loops with matmuls")
         body = jax.jit(_block_forward).lower(sds((block, d), dtype), sds((), jnp.int32),
-                                             *weights).compile()
+                                             sds((experts, d, 2 * f), dtype),
+                                             weights[2]).compile()
         num_blocks = dropless_num_blocks(tokens * top_k, experts, block)
         flops += (num_blocks - 1) * body.cost_analysis()["flops"]
     return {"flops": flops, "routed_flops": 2.0 * tokens * top_k * 3 * d * f}

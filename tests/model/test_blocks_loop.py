@@ -64,3 +64,23 @@ def test_blocks_loop_needs_less_memory_than_the_gather():
             x, *weights).compile()
         temp[name] = compiled.memory_analysis().temp_size_in_bytes
     assert temp["loop"] < temp["one_shot"], temp
+
+
+def test_blocks_loop_stops_after_the_used_blocks():
+    """Blocks from `used` on (the invalid assignments' group and padding) are not computed: their
+    outputs and input gradients are zeros, and the weight gradients are those of the first
+    `used` blocks alone."""
+    x, experts, weights = _inputs()
+    used = 15
+    loop = lambda x, *w: dispatch._blocks_swiglu(x, experts, *w, used=jnp.int32(used))
+    y = loop(x, *weights)
+    np.testing.assert_allclose(y[:used], _one_shot(x[:used], experts[:used], *weights),
+                               rtol=1e-6)
+    assert not np.any(y[used:])
+    argnums = (0, 1, 2, 3)
+    ours = jax.grad(lambda *a: jnp.sum(jnp.sin(loop(*a))), argnums)(x, *weights)
+    theirs = jax.grad(_loss(_one_shot, experts[:used]), argnums)(x[:used], *weights)
+    assert not np.any(ours[0][used:])
+    np.testing.assert_allclose(ours[0][:used], theirs[0], rtol=1e-5, atol=1e-6)
+    for name, a, b in zip(("gate", "up", "down"), ours[1:], theirs[1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
