@@ -122,21 +122,22 @@ def grouped_swiglu(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj,
 
 
 def _blocks_swiglu(x_nbd, block_expert, gate_proj, up_proj, down_proj, used=None):
-    """SwiGLU of each block of rows with its block's expert weights: a loop over the first
-    `used` blocks (all when None; the rest give zeros), each reading its expert's weights in
-    place (a dynamic slice).
+    """SwiGLU of each block of rows with its block's expert weights, for the first `used` blocks
+    (all when None; the rest give zeros). `block_expert` is sorted over those blocks.
 
-    Written as a loop with a hand-written backward rather than one batched matmul against
+    Written as loops with a hand-written backward rather than one batched matmul against
     every block's gathered weights: XLA's CPU backend runs a batched matmul of many small
     [block, d] x [d, f] products at about a seventh of a single large matmul's rate, the
     gather copies num_blocks x 3 x d x f of weights (15 GB per layer at the 35B's 16K tokens
-    per device), and autodiff of the gather scatters the weight gradients back serially. The
-    backward here accumulates each expert's weight gradient in place, in fp32.
+    per device), and autodiff of the gather scatters the weight gradients back serially.
 
-    Gate and up run as one product against their weights side by side ([d, 2f]), forward and
-    backward: half as many small matmuls and weight reads a block, which is most of the loop's
-    cost besides the arithmetic. The trip count is dynamic because the static bound on blocks
-    (`dropless_num_blocks`) assumes every group wastes a block's worth of padding."""
+    A loop over experts, each reading its weights once (a dynamic slice is a copy on this
+    backend) and running a loop over its own blocks; the backward adds each block's weight
+    gradients to its expert's, in place, in fp32. Gate and up run as one product
+    against their weights side by side ([d, 2f]), forward and backward: on these cores a small
+    matmul's call costs about as much as its arithmetic. The trip counts are dynamic because
+    the static bound on blocks (`dropless_num_blocks`) assumes every group wastes a block's
+    worth of padding."""
     if used is None:
         used = jnp.int32(x_nbd.shape[0])
     return _fused_blocks(x_nbd, block_expert, jnp.asarray(used, jnp.int32), gate_proj, up_proj,
@@ -147,18 +148,23 @@ def _expert(w, e):
     return jax.lax.dynamic_index_in_dim(w, e, axis=0, keepdims=False)
 
 
-def _block_forward(x_bd, e, gate_up_proj, down_proj):
-    """One block through expert `e` (gate and up weights side by side, [e, d, 2f]): (output,
+def _block_forward(x_bd, w_gate_up, w_down):
+    """One block through one expert (gate and up weights side by side, [d, 2f]): (output,
     gate and up pre-activations side by side, for the backward)."""
-    f = down_proj.shape[1]
-    gate_up_bf = x_bd @ _expert(gate_up_proj, e)
-    h_bf = jax.nn.silu(gate_up_bf[:, :f]) * gate_up_bf[:, f:]
-    return h_bf @ _expert(down_proj, e), gate_up_bf
+    f = w_down.shape[0]
+    gate_up_bf = x_bd @ w_gate_up
+    return (jax.nn.silu(gate_up_bf[:, :f]) * gate_up_bf[:, f:]) @ w_down, gate_up_bf
 
 
-def _first_blocks(used, body, init):
-    """`body(i, carry)` for i in [0, used): a while loop with a dynamic trip count."""
-    return jax.lax.fori_loop(0, used, body, init)
+def _per_expert(block_expert, used, experts, body, init):
+    """`body(e, first, last, carry)` for every expert e, where blocks [first, last) are its
+    share of the first `used` blocks."""
+    live = jnp.arange(block_expert.shape[0]) < used
+    count = jnp.sum((block_expert[None, :] == jnp.arange(experts)[:, None]) & live, axis=1,
+                    dtype=jnp.int32)
+    first = jnp.cumsum(count) - count
+    return jax.lax.fori_loop(0, experts, lambda e, c: body(e, first[e], first[e] + count[e], c),
+                             init)
 
 
 @jax.custom_vjp
@@ -169,62 +175,70 @@ def _fused_blocks(x_nbd, block_expert, used, gate_proj, up_proj, down_proj):
 def _fused_fwd(x_nbd, block_expert, used, gate_proj, up_proj, down_proj):
     gate_up = jnp.concatenate([gate_proj, up_proj], axis=-1)
     n, b, _ = x_nbd.shape
-    f2 = gate_up.shape[-1]
 
-    def block(i, carry):
-        y_nbd, gate_up_nbf = carry
-        y_bd, gate_up_bf = _block_forward(x_nbd[i], block_expert[i], gate_up, down_proj)
-        return (jax.lax.dynamic_update_index_in_dim(y_nbd, y_bd, i, 0),
-                jax.lax.dynamic_update_index_in_dim(gate_up_nbf, gate_up_bf, i, 0))
+    def expert(e, first, last, carry):
+        w_gate_up, w_down = _expert(gate_up, e), _expert(down_proj, e)
 
-    y_nbd, gate_up_nbf = _first_blocks(used, block, (jnp.zeros_like(x_nbd),
-                                                     jnp.zeros((n, b, f2), x_nbd.dtype)))
+        def block(i, carry):
+            y_nbd, gate_up_nbf = carry
+            y_bd, gate_up_bf = _block_forward(x_nbd[i], w_gate_up, w_down)
+            return (jax.lax.dynamic_update_index_in_dim(y_nbd, y_bd, i, 0),
+                    jax.lax.dynamic_update_index_in_dim(gate_up_nbf, gate_up_bf, i, 0))
+
+        return jax.lax.fori_loop(first, last, block, carry)
+
+    init = (jnp.zeros_like(x_nbd), jnp.zeros((n, b, gate_up.shape[-1]), x_nbd.dtype))
+    y_nbd, gate_up_nbf = _per_expert(block_expert, used, gate_proj.shape[0], expert, init)
     return y_nbd, (x_nbd, block_expert, used, gate_proj, up_proj, down_proj, gate_up_nbf)
 
 
 def _fused_bwd(residuals, dy_nbd):
-    """Row-major throughout: the weight gradients are products over a block's rows (x^T dy),
-    accumulated per expert in place in fp32. (Transposing the blocks once outside the loop so
-    that every product in it was a plain one cost 15 ms a layer in copies, more than the
-    transposed products themselves.)"""
+    """Row-major throughout: the weight gradients are products over a block's rows (x^T dy).
+    (Transposing the blocks once outside the loop so that every product in it was a plain one
+    cost 15 ms a layer in copies, more than the transposed products themselves.)"""
     x_nbd, block_expert, used, gate_proj, up_proj, down_proj, gate_up_nbf = residuals
-    f = down_proj.shape[1]
+    experts, d, f = gate_proj.shape
     f32 = jnp.promote_types(x_nbd.dtype, jnp.float32)  # accumulate in fp32 (fp64 stays fp64)
     over_rows = (((0,), (0,)), ((), ()))  # [b, m] x [b, n] -> [m, n]
     over_features = (((1,), (1,)), ((), ()))  # [b, n] x [m, n] -> [b, m]
     dot = lambda a, b, dims: jax.lax.dot_general(a, b, dims, preferred_element_type=f32)
 
-    def add(acc, e, update):
-        return jax.lax.dynamic_update_index_in_dim(acc, _expert(acc, e) + update, e, axis=0)
-
-    def block(i, carry):
-        d_gate_up, d_down, dx_nbd = carry
-        x_bd, e, dy_bd = x_nbd[i], block_expert[i], dy_nbd[i]
-        gate_up_bf = gate_up_nbf[i].astype(f32)
-        gate_bf, up_bf = gate_up_bf[:, :f], gate_up_bf[:, f:]
-        sig = jax.nn.sigmoid(gate_bf)
-        silu = gate_bf * sig
-        dh_bf = dot(dy_bd, _expert(down_proj, e), over_features)
-        d_down = add(d_down, e, dot((silu * up_bf).astype(dy_bd.dtype), dy_bd, over_rows))
-        d_gate_up_bf = jnp.concatenate([dh_bf * up_bf * sig * (1 + gate_bf * (1 - sig)),
-                                        dh_bf * silu], axis=-1).astype(x_bd.dtype)
-        dx_bd = dot(d_gate_up_bf, _expert(gate_up, e), over_features)
-        d_gate_up = add(d_gate_up, e, dot(x_bd, d_gate_up_bf, over_rows))
-        dx_nbd = jax.lax.dynamic_update_index_in_dim(dx_nbd, dx_bd.astype(dx_nbd.dtype), i, 0)
-        return d_gate_up, d_down, dx_nbd
-
-    # The loop's zeroed accumulators and its dx buffer are made from a value that depends on
-    # the cotangent (`after`), and so are the side-by-side weights. XLA's CPU scheduler
-    # otherwise makes them for every layer at the start of the backward, where all are live at
-    # once (0.7 GiB in the bench model's step); an optimization barrier does not survive its
-    # pipeline.
-    e_, d, _ = gate_proj.shape
+    # The side-by-side weights, the zeroed gradients and the dx buffer are made from values
+    # that depend on the cotangent (`after`). XLA's CPU scheduler otherwise makes them for every
+    # layer at the start of the backward, where all are live at once (0.7 GiB in the bench
+    # model's step); an optimization barrier does not survive its pipeline.
     (gate_proj, up_proj), = after(dy_nbd, [gate_proj, up_proj])
     gate_up = jnp.concatenate([gate_proj, up_proj], axis=-1)
-    zeros = [jnp.zeros((e_, d, 2 * f), f32), jnp.zeros(down_proj.shape, f32),
-             jnp.zeros(x_nbd.shape, x_nbd.dtype)]
-    zeros, = after(dy_nbd, zeros)
-    d_gate_up, d_down, dx_nbd = _first_blocks(used, block, tuple(zeros))
+    zeros, = after(dy_nbd, [jnp.zeros((experts, d, 2 * f), f32), jnp.zeros(down_proj.shape, f32),
+                            jnp.zeros(x_nbd.shape, x_nbd.dtype)])
+
+    def add(acc, e, update):
+        # In place, fused with the read (a carried [d, 2f] sum plus each product was a separate,
+        # slower add on this backend).
+        return jax.lax.dynamic_update_index_in_dim(acc, _expert(acc, e) + update, e, axis=0)
+
+    def expert(e, first, last, carry):
+        w_gate_up, w_down = _expert(gate_up, e), _expert(down_proj, e)
+
+        def block(i, carry):
+            d_gate_up, d_down, dx_nbd = carry
+            x_bd, dy_bd = x_nbd[i], dy_nbd[i]
+            gate_up_bf = gate_up_nbf[i].astype(f32)
+            gate_bf, up_bf = gate_up_bf[:, :f], gate_up_bf[:, f:]
+            sig = jax.nn.sigmoid(gate_bf)
+            silu = gate_bf * sig
+            dh_bf = dot(dy_bd, w_down, over_features)
+            d_down = add(d_down, e, dot((silu * up_bf).astype(dy_bd.dtype), dy_bd, over_rows))
+            d_gate_up_bf = jnp.concatenate([dh_bf * up_bf * sig * (1 + gate_bf * (1 - sig)),
+                                            dh_bf * silu], axis=-1).astype(x_bd.dtype)
+            dx_bd = dot(d_gate_up_bf, w_gate_up, over_features)
+            d_gate_up = add(d_gate_up, e, dot(x_bd, d_gate_up_bf, over_rows))
+            dx_nbd = jax.lax.dynamic_update_index_in_dim(dx_nbd, dx_bd.astype(dx_nbd.dtype), i, 0)
+            return d_gate_up, d_down, dx_nbd
+
+        return jax.lax.fori_loop(first, last, block, carry)
+
+    d_gate_up, d_down, dx_nbd = _per_expert(block_expert, used, experts, expert, tuple(zeros))
     none = lambda a: np.zeros(a.shape, jax.dtypes.float0)
     return (dx_nbd, none(block_expert), none(used), d_gate_up[..., :f].astype(gate_proj.dtype),
             d_gate_up[..., f:].astype(up_proj.dtype), d_down.astype(down_proj.dtype))
@@ -244,10 +258,12 @@ def dropless_compiled_flops(tokens: int, top_k: int, experts: int, d: int, f: in
     """FLOPs of the compiled `dropless` layer on the current backend (XLA's cost analysis), beside
     the routed FLOPs (3 matmuls of d x f per token and expert it is routed to).
 
-    XLA's cost analysis counts a while loop's body once, whatever its trip count. Where the
-    layer runs the blocks loop (the CPU), the loop's body, compiled alone with the same shapes,
-    is counted num_blocks - 1 more times; the compiled layer must then hold exactly that one
-    loop, or the count would be wrong."""
+    XLA's cost analysis counts a while loop's body once, whatever its trip count (and a nested
+    loop's once in all). Where the layer runs the blocks loop (the CPU), one block's product,
+    compiled alone with the same shapes, is counted num_blocks - 1 more times: an upper bound,
+    as the loop runs only the experts' blocks. The compiled layer must then hold exactly one
+    loop that runs matmuls itself (not through a loop nested in it), or the count would be
+    wrong."""
     sds = jax.ShapeDtypeStruct
     weights = (sds((experts, d, f), dtype), sds((experts, d, f), dtype), sds((experts, f, d), dtype))
     args = (sds((tokens, d), dtype), sds((tokens, top_k), jnp.float32),
@@ -259,9 +275,8 @@ def dropless_compiled_flops(tokens: int, top_k: int, experts: int, d: int, f: in
         if loops != 1:
             raise RuntimeError(f"expected the blocks loop alone in the compiled layer, found "
                                f"{loops} loops with matmuls")
-        body = jax.jit(_block_forward).lower(sds((block, d), dtype), sds((), jnp.int32),
-                                             sds((experts, d, 2 * f), dtype),
-                                             weights[2]).compile()
+        body = jax.jit(_block_forward).lower(sds((block, d), dtype), sds((d, 2 * f), dtype),
+                                             sds((f, d), dtype)).compile()
         num_blocks = dropless_num_blocks(tokens * top_k, experts, block)
         flops += (num_blocks - 1) * body.cost_analysis()["flops"]
     return {"flops": flops, "routed_flops": 2.0 * tokens * top_k * 3 * d * f}
@@ -269,7 +284,7 @@ def dropless_compiled_flops(tokens: int, top_k: int, experts: int, d: int, f: in
 
 def _loops_with_matmuls(hlo: str) -> int:
     """How many while loops in an HLO module's text run a matmul in their body (through any
-    fusion or call it makes)."""
+    fusion or call it makes, but not through a loop nested in it)."""
     bodies, name = {}, None
     for line in hlo.splitlines():
         if line and not line.startswith(" ") and "{" in line and "%" in line:
@@ -284,7 +299,7 @@ def _loops_with_matmuls(hlo: str) -> int:
         seen.add(comp)
         text = "\n".join(bodies[comp])
         return " dot(" in text or any(has_dot(c, seen) for c in re.findall(
-            r"(?:calls|to_apply|body|condition)=%([\w.\-]+)", text))
+            r"(?:calls|to_apply)=%([\w.\-]+)", text))
 
     whiles = re.findall(r" while\(.*?body=%([\w.\-]+)", hlo)
     return sum(has_dot(body, set()) for body in whiles)
