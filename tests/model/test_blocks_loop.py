@@ -84,3 +84,22 @@ def test_blocks_loop_stops_after_the_used_blocks():
     np.testing.assert_allclose(ours[0][:used], theirs[0], rtol=1e-5, atol=1e-6)
     for name, a, b in zip(("gate", "up", "down"), ours[1:], theirs[1:]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_blocks_loop_runs_of_every_size():
+    """Experts' blocks run `BLOCK_RUNS` at a time (8, 4, 2, 1): block counts that need every run
+    size, and one with none, give the one-shot outputs and gradients."""
+    assert dispatch.BLOCK_RUNS == (8, 4, 2, 1)
+    counts = [15, 1, 0, 8, 3, 6]  # 8+4+2+1, 1, nothing, 8, 2+1, 4+2
+    experts = jnp.asarray(np.repeat(np.arange(E), counts), jnp.int32)
+    rng = np.random.RandomState(1)
+    x = jnp.asarray(rng.randn(sum(counts), B, D), jnp.float32)
+    weights = [jnp.asarray(rng.randn(*s) * 0.3, jnp.float32)
+               for s in ((E, D, F), (E, D, F), (E, F, D))]
+    loop, one_shot = _loss(dispatch._blocks_swiglu, experts), _loss(_one_shot, experts)
+    np.testing.assert_allclose(dispatch._blocks_swiglu(x, experts, *weights),
+                               _one_shot(x, experts, *weights), rtol=1e-5, atol=1e-6)
+    argnums = (0, 1, 2, 3)
+    ours, theirs = jax.grad(loop, argnums)(x, *weights), jax.grad(one_shot, argnums)(x, *weights)
+    for name, a, b in zip(("x", "gate", "up", "down"), ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
