@@ -88,18 +88,20 @@ def _conv_silu_bwd(residuals, g_btc):
 conv_silu.defvjp(_conv_silu_fwd, _conv_silu_bwd)
 
 
-def _prepare(q_bthk, k_bthk, v_bthv, g_bth, beta_bth):
+def _prepare(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, repeat: bool = True):
     """Shared preamble: value heads share key heads (h // ratio), q/k L2-normalised, q scaled,
     everything in fp32 (the recurrence must stay fp32 whatever the compute dtype; fp64 inputs
-    stay fp64, the ground truth of the precision tests)."""
+    stay fp64, the ground truth of the precision tests). With `repeat` False, q and k stay
+    per key head (the caller repeats them where it needs them per value head)."""
     ratio = v_bthv.shape[2] // q_bthk.shape[2]
     f32 = jnp.promote_types(jnp.result_type(q_bthk, k_bthk, v_bthv, g_bth, beta_bth),
                             jnp.float32)
-    q = jnp.repeat(q_bthk.astype(f32), ratio, axis=2)
-    k = jnp.repeat(k_bthk.astype(f32), ratio, axis=2)
+    q, k = q_bthk.astype(f32), k_bthk.astype(f32)
     q = q * jax.lax.rsqrt(jnp.sum(q * q, axis=-1, keepdims=True) + 1e-6)
     k = k * jax.lax.rsqrt(jnp.sum(k * k, axis=-1, keepdims=True) + 1e-6)
     q = q * (q.shape[-1] ** -0.5)
+    if repeat:
+        q, k = jnp.repeat(q, ratio, axis=2), jnp.repeat(k, ratio, axis=2)
     return q, k, v_bthv.astype(f32), g_bth.astype(f32), beta_bth.astype(f32)
 
 
@@ -169,9 +171,12 @@ def chunked_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt, chunk_s
     (WY / UT form). Same function as `recurrent_delta_rule`, segment resets included: every
     interaction across a segment start is masked rather than decayed to zero, so resets cost no
     precision. Returns (o_bthv fp32, final state)."""
-    q, k, v, g, beta = _prepare(q_bthk, k_bthk, v_bthv, g_bth, beta_bth)
-    b, t, h, dk = q.shape
-    dv = v.shape[-1]
+    # q and k per key head: their products within a chunk are shared by the value heads that
+    # read that key head (each then scaled by its own decays and betas).
+    q, k, v, g, beta = _prepare(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, repeat=False)
+    b, t, h, dv = v.shape
+    dk = q.shape[-1]
+    ratio = h // q.shape[2]
     c = chunk_size
     pad = (-t) % c
     # Padding goes at the end, inside the last run: with g = 0 and beta = k = 0 it neither decays
@@ -181,40 +186,50 @@ def chunked_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt, chunk_s
     runs = jnp.pad(runs_bt, [(0, 0), (0, pad)], mode="edge")
     n = (t + pad) // c
 
-    # [b, t, h, ...] -> [b, h, n, c, ...]
-    to_chunks = lambda a: jnp.moveaxis(a.reshape(b, n, c, h, *a.shape[3:]), 3, 1)
+    # [b, t, h, ...] -> [n, b, h, c, ...], chunk-major: the scan below reads chunks along the
+    # leading axis in place (with chunks inside [b, h], each of its inputs was a transposed copy).
+    to_chunks = lambda a: jnp.moveaxis(a.reshape(b, n, c, a.shape[2], *a.shape[3:]), (1, 3),
+                                       (0, 2))
+    per_value_head = lambda a: jnp.repeat(a, ratio, axis=2)  # [n, b, key heads, ...]
     q, k, v = to_chunks(q), to_chunks(k), to_chunks(v)
     g, beta = to_chunks(g[..., None])[..., 0], to_chunks(beta[..., None])[..., 0]
-    runs_nc = runs.reshape(b, 1, n, c)
+    runs_nc = jnp.moveaxis(runs.reshape(b, 1, n, c), 2, 0)  # [n, b, 1, c]
     # The run each chunk's incoming state belongs to: that of the token before the chunk.
-    prev_run = jnp.concatenate([runs_nc[:, :, :1, :1], runs_nc[:, :, :-1, -1:]], axis=2)
-    from_start = (runs_nc == prev_run).astype(q.dtype)  # [b,1,n,c]: state reaches here
-    same_cc = runs_nc[..., :, None] == runs_nc[..., None, :]  # [b,1,n,c,c]
+    prev_run = jnp.concatenate([runs_nc[:1, ..., :1], runs_nc[:-1, ..., -1:]], axis=0)
+    from_start = (runs_nc == prev_run).astype(q.dtype)  # [n,b,1,c]: state reaches here
+    same_cc = runs_nc[..., :, None] == runs_nc[..., None, :]  # [n,b,1,c,c]
     causal_cc = jnp.tril(jnp.ones((c, c), bool))
     strict_cc = jnp.tril(jnp.ones((c, c), bool), -1)
     mask_cc = same_cc & causal_cc
 
+    hp = jax.lax.Precision.HIGHEST
     # Log decays are sums of the g they span, never differences of cumulative sums: with strong
     # decay a chunk's cumulative sum reaches hundreds, and cum_i - cum_j would put its rounding
     # (eps |cum|) into every decay between neighbours, and through them into the gradient of g.
-    # Summed this way, the backward pass sums each g's cotangent without cancellation too.
-    cum = jnp.cumsum(g, axis=-1)  # [b,h,n,c] log decay from chunk start through each token
-    span_cc = jnp.cumsum(jnp.where(strict_cc, g[..., :, None], 0.0), axis=-2)  # g over (j, i]
+    # Summed this way, the backward pass sums each g's cotangent without cancellation too. The
+    # [c, c] sums are a product with a triangle of ones: a cumulative sum over that axis is a
+    # reduce-window on XLA's CPU backend, c additions per element, forward and backward.
+    cum = jnp.cumsum(g, axis=-1)  # [n,b,h,c] log decay from chunk start through each token
+    span_cc = jnp.einsum("im,...mj->...ij", causal_cc.astype(g.dtype),
+                         jnp.where(strict_cc, g[..., :, None], 0.0),
+                         precision=hp)  # g over (j, i]
     decay_cc = jnp.where(mask_cc, jnp.exp(span_cc), 0.0)
-    k_beta = k * beta[..., None]
     v_beta = v * beta[..., None]
 
-    hp = jax.lax.Precision.HIGHEST
-    lower = jnp.tril(jnp.einsum("bhnik,bhnjk->bhnij", k_beta, k, precision=hp) * decay_cc, -1)
+    kk = per_value_head(jnp.einsum("...ik,...jk->...ij", k, k, precision=hp))
+    qk = per_value_head(jnp.einsum("...ik,...jk->...ij", q, k, precision=hp))
+    q, k = per_value_head(q), per_value_head(k)
+    k_beta = k * beta[..., None]
+    lower = jnp.tril(kk * (beta[..., :, None] * decay_cc), -1)
     inv = unit_lower_inverse(lower)  # (I + lower)^-1, the UT transform
-    u = jnp.einsum("bhnij,bhnjv->bhniv", inv, v_beta, precision=hp)  # new values
-    w = jnp.einsum("bhnij,bhnjk->bhnik", inv, k_beta * (jnp.exp(cum) * from_start)[..., None],
+    u = jnp.einsum("...ij,...jv->...iv", inv, v_beta, precision=hp)  # new values
+    w = jnp.einsum("...ij,...jk->...ik", inv, k_beta * (jnp.exp(cum) * from_start)[..., None],
                    precision=hp)  # how tokens read the incoming state
-    intra = jnp.einsum("bhnik,bhnjk->bhnij", q, k, precision=hp) * decay_cc
+    intra = qk * decay_cc
     q_read = q * (jnp.exp(cum) * from_start)[..., None]
     last_run = runs_nc[..., -1:]
     k_write = k * (jnp.exp(span_cc[..., -1, :]) * (runs_nc == last_run))[..., None]
-    chunk_decay = jnp.exp(cum[..., -1]) * from_start[..., -1]  # [b,h,n]
+    chunk_decay = jnp.exp(cum[..., -1]) * from_start[..., -1]  # [n,b,h]
 
     state = (jnp.zeros((b, h, dk, dv), q.dtype) if initial_state_bhkv is None
              else initial_state_bhkv.astype(q.dtype))
@@ -228,9 +243,8 @@ def chunked_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt, chunk_s
                   + jnp.einsum("bhck,bhcv->bhkv", k_n, v_new, precision=hp))
         return s_bhkv, o_n
 
-    chunk_major = [jnp.moveaxis(a, 2, 0) for a in (u, w, intra, q_read, k_write, chunk_decay)]
-    state, o_nbhcv = jax.lax.scan(step, state, chunk_major)
-    o_bthv = jnp.moveaxis(o_nbhcv, 0, 2).reshape(b, h, n * c, dv).transpose(0, 2, 1, 3)
+    state, o_nbhcv = jax.lax.scan(step, state, (u, w, intra, q_read, k_write, chunk_decay))
+    o_bthv = jnp.moveaxis(o_nbhcv, (0, 2), (1, 3)).reshape(b, n * c, h, dv)
     return o_bthv[:, :t], state
 
 
