@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -97,6 +98,19 @@ def _project_bwd(n_in, residuals, g):
 
 
 project.defvjp(_project_fwd, _project_bwd)
+
+
+def project_many(x: jax.Array, ws: Sequence[jax.Array]) -> list[jax.Array]:
+    """`[project(x, w) for w in ws]` as one product against the weights side by side (each
+    flattened to [d, -1]): one matmul forward and one input gradient backward, instead of one
+    each and the sum of the input gradients. On a CPU each narrow projection (the DeltaNet's
+    one column per head for beta and for the decay) costs a full pass over x by itself."""
+    d = x.shape[-1]
+    flat = [w.reshape(d, -1) for w in ws]
+    ends = list(itertools.accumulate(f.shape[1] for f in flat))
+    out = project(x, jnp.concatenate(flat, axis=1))
+    return [out[..., end - f.shape[1]:end].reshape(*x.shape[:-1], *w.shape[1:])
+            for f, w, end in zip(flat, ws, ends)]
 
 
 def after(dependency, *trees):

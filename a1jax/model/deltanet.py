@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from a1jax.model.base import after, normal, param, project, rms_normalize
+from a1jax.model.base import (after, normal, param, project, project_many,
+                              rms_normalize)
 from a1jax.model.config import ModelConfig
 from a1jax.model.context import sequence_shards
 from a1jax.model.deltanet_cp import context_parallel_deltanet
@@ -307,10 +308,10 @@ class GatedDeltaNet(nn.Module):
 
         wide = jnp.promote_types(dtype, jnp.float32)  # gates in fp32 (fp64 stays fp64)
         x = x_btd.astype(dtype)
-        qkv_btc = project(x, w_qkv.astype(dtype))
-        z_bthv = project(x, w_z.astype(dtype))
-        beta_bth = jax.nn.sigmoid(project(x, w_b.astype(dtype)))
-        a_bth = project(x, w_a.astype(dtype)).astype(wide)
+        qkv_btc, z_bthv, b_bth, a_bth = project_many(
+            x, [w.astype(dtype) for w in (w_qkv, w_z, w_b, w_a)])
+        beta_bth = jax.nn.sigmoid(b_bth)
+        a_bth = a_bth.astype(wide)
         g_bth = -jnp.exp(a_log) * jax.nn.softplus(a_bth + dt_bias)
         w_conv = w_conv.astype(dtype)
 
