@@ -175,11 +175,16 @@ def _per_expert(block_expert, used, experts, body, init):
 BLOCK_RUNS = (8, 4, 2, 1)
 
 
-def _over_runs(first, last, step, carry):
-    """`step(i, size, carry)` over blocks [first, last) as runs of `BLOCK_RUNS` blocks: the
-    run of `size` blocks starting at block i."""
+def _run_sizes(num_blocks: int) -> tuple[int, ...]:
+    """The sizes in `BLOCK_RUNS` that fit in `num_blocks` blocks (no group can use the rest)."""
+    return tuple(size for size in BLOCK_RUNS if size <= num_blocks)
+
+
+def _over_runs(first, last, num_blocks, step, carry):
+    """`step(i, size, carry)` over blocks [first, last) of `num_blocks` as runs of
+    `BLOCK_RUNS` blocks: the run of `size` blocks starting at block i."""
     start, remaining = first, last - first
-    for size in BLOCK_RUNS:
+    for size in _run_sizes(num_blocks):
         runs = remaining // size
         carry = jax.lax.fori_loop(0, runs, lambda j, c, start=start, size=size: step(
             start + j * size, size, c), carry)
@@ -216,7 +221,7 @@ def _fused_fwd(x_nbd, block_expert, used, gate_proj, up_proj, down_proj):
             y_rd, gate_up_rf = _block_forward(_rows(x_nbd, i, size), w_gate_up, w_down)
             return _put_rows(y_nbd, y_rd, i), _put_rows(gate_up_nbf, gate_up_rf, i)
 
-        return _over_runs(first, last, run, carry)
+        return _over_runs(first, last, x_nbd.shape[0], run, carry)
 
     init = (jnp.zeros_like(x_nbd), jnp.zeros((n, b, gate_up.shape[-1]), x_nbd.dtype))
     y_nbd, gate_up_nbf = _per_expert(block_expert, used, gate_proj.shape[0], expert, init)
@@ -266,7 +271,7 @@ def _fused_bwd(residuals, dy_nbd):
             d_gate_up = add(d_gate_up, e, dot(x_bd, d_gate_up_bf, over_rows))
             return d_gate_up, d_down, _put_rows(dx_nbd, dx_bd, i)
 
-        return _over_runs(first, last, run, carry)
+        return _over_runs(first, last, x_nbd.shape[0], run, carry)
 
     d_gate_up, d_down, dx_nbd = _per_expert(block_expert, used, experts, expert, tuple(zeros))
     none = lambda a: np.zeros(a.shape, jax.dtypes.float0)
@@ -290,11 +295,11 @@ def dropless_compiled_flops(tokens: int, top_k: int, experts: int, d: int, f: in
 
     XLA's cost analysis counts a while loop's body once, whatever its trip count (and a nested
     loop's once in all). Where the layer runs the blocks loops (the CPU: one loop per run size
-    in `BLOCK_RUNS`, a run of s blocks counted as s blocks), one block's product, compiled
-    alone with the same shapes, is counted num_blocks - sum(BLOCK_RUNS) more times: an upper
-    bound, as the loops run only the experts' blocks. The compiled layer must then hold exactly
-    one loop per run size that runs matmuls itself (not through a loop nested in it), or the
-    count would be wrong."""
+    in `BLOCK_RUNS` that fits the blocks, a run of s blocks counted as s blocks), one block's
+    product, compiled alone with the same shapes, is counted num_blocks - (the sum of those
+    sizes) more times: an upper bound, as the loops run only the experts' blocks. The compiled
+    layer must then hold exactly one loop per such size that runs matmuls itself (not through a
+    loop nested in it), or the count would be wrong."""
     sds = jax.ShapeDtypeStruct
     weights = (sds((experts, d, f), dtype), sds((experts, d, f), dtype), sds((experts, f, d), dtype))
     args = (sds((tokens, d), dtype), sds((tokens, top_k), jnp.float32),
@@ -303,13 +308,14 @@ def dropless_compiled_flops(tokens: int, top_k: int, experts: int, d: int, f: in
     flops = compiled.cost_analysis()["flops"]
     loops = _loops_with_matmuls(compiled.as_text())
     if jax.default_backend() == "cpu":
-        if loops != len(BLOCK_RUNS):
-            raise RuntimeError(f"expected the {len(BLOCK_RUNS)} blocks loops alone in the "
+        num_blocks = dropless_num_blocks(tokens * top_k, experts, block)
+        sizes = _run_sizes(num_blocks)
+        if loops != len(sizes):
+            raise RuntimeError(f"expected the {len(sizes)} blocks loops alone in the "
                                f"compiled layer, found {loops} loops with matmuls")
         body = jax.jit(_block_forward).lower(sds((block, d), dtype), sds((d, 2 * f), dtype),
                                              sds((f, d), dtype)).compile()
-        num_blocks = dropless_num_blocks(tokens * top_k, experts, block)
-        flops += (num_blocks - sum(BLOCK_RUNS)) * body.cost_analysis()["flops"]
+        flops += (num_blocks - sum(sizes)) * body.cost_analysis()["flops"]
     return {"flops": flops, "routed_flops": 2.0 * tokens * top_k * 3 * d * f}
 
 
