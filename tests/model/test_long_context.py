@@ -10,7 +10,7 @@ import pytest
 from a1jax.model import get_preset
 from a1jax.model.attention import context_parallel_attention, reference_attention
 from a1jax.model.base import run_ids
-from a1jax.model.blockwise import blockwise_attention
+from a1jax.model.blockwise import FULL, MASKED, SKIP, _tile_kinds, blockwise_attention
 from a1jax.model.context import sequence_shards, to_zigzag, zigzag_index
 from a1jax.model.deltanet import conv_delta_rule
 from a1jax.model.deltanet_cp import context_parallel_deltanet
@@ -47,6 +47,32 @@ def test_blockwise_equals_reference(ratio):
     reference = lambda q, kk, v: reference_attention(q, kk, v, runs)
     out, grads = _value_and_grads(blockwise, (q, kk, v), probe)
     ref, ref_grads = _value_and_grads(reference, (q, kk, v), probe)
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
+    for a, w in zip(grads, ref_grads):
+        np.testing.assert_allclose(a, w, atol=1e-5, rtol=0)
+
+
+def test_blockwise_full_tiles_skip_the_mask():
+    """Tiles where every pair may attend run without the mask, and give the same numbers: one
+    row of 40 tokens in blocks of 8, segments 20 + 20 (a boundary inside block 2)."""
+    t = 40
+    runs = run_ids(jnp.asarray(np.repeat([1, 2], [20, 20]))[None])
+    index = jnp.arange(t, dtype=jnp.int32)[None]
+    S, M, F = SKIP, MASKED, FULL
+    np.testing.assert_array_equal(_tile_kinds(runs, index, runs, index, 8, 8), [
+        [M, S, S, S, S],
+        [F, M, S, S, S],
+        [M, M, M, S, S],   # block 2 holds both segments
+        [S, S, M, M, S],   # segment 2's queries: keys of block 2 partly, block 3 on the diagonal
+        [S, S, M, F, M]])
+    ks = jax.random.split(jax.random.key(5), 4)
+    q, kk, v = _normal(ks[0], (1, t, 4, 8)), _normal(ks[1], (1, t, 2, 8)), \
+        _normal(ks[2], (1, t, 2, 8))
+    probe = _normal(ks[3], q.shape)
+    out, grads = _value_and_grads(
+        lambda q, kk, v: blockwise_attention(q, kk, v, runs, runs, block_size=8), (q, kk, v), probe)
+    ref, ref_grads = _value_and_grads(
+        lambda q, kk, v: reference_attention(q, kk, v, runs), (q, kk, v), probe)
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
     for a, w in zip(grads, ref_grads):
         np.testing.assert_allclose(a, w, atol=1e-5, rtol=0)
