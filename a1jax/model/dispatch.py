@@ -83,7 +83,9 @@ def grouped_swiglu(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj,
     if valid_tk is not None:
         flat_e = jnp.where(valid_tk.reshape(a), flat_e, e)  # e: a group after the real ones
     order = jnp.argsort(flat_e, stable=True)  # sorted position -> assignment
-    inverse = jnp.argsort(order)  # assignment -> sorted position
+    # assignment -> sorted position: a scatter of positions, not a second sort
+    inverse = jnp.zeros_like(order).at[order].set(jnp.arange(a, dtype=order.dtype),
+                                                  unique_indices=True)
     sorted_e = flat_e[order]
     everywhere = jnp.ones((a,), bool)
     # Assignment i is token i // k: repeat rows k times, then permute into expert order.

@@ -21,7 +21,7 @@ import optax
 from flax import struct
 
 from a1jax.model import ModelConfig, Transformer
-from a1jax.model.base import accum_dtype
+from a1jax.model.base import accum_dtype, project
 from a1jax.model.moe import RouterStats
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
@@ -74,7 +74,7 @@ def chunked_cross_entropy_sum(x_btd: jax.Array, w_dx: jax.Array, targets_bt: jax
     b, t, d = x_btd.shape
     f32 = accum_dtype(x_btd, w_dx)  # logits in fp32, or wider for wider inputs
     if chunk <= 0 or t <= chunk or t % chunk:
-        logits_btx = jnp.einsum("btd,dx->btx", x_btd, w_dx, preferred_element_type=f32)
+        logits_btx = project(x_btd, w_dx, 1, f32)
         return cross_entropy_sum(logits_btx, targets_bt, mask_bt)
     n = t // chunk
     split = lambda a: jnp.moveaxis(a.reshape(b, chunk, n, *a.shape[2:]), 2, 0)
@@ -82,7 +82,7 @@ def chunked_cross_entropy_sum(x_btd: jax.Array, w_dx: jax.Array, targets_bt: jax
     @jax.checkpoint
     def one(total, xs):
         x_bcd, targets_bc, mask_bc = xs
-        logits_bcx = jnp.einsum("bcd,dx->bcx", x_bcd, w_dx, preferred_element_type=f32)
+        logits_bcx = project(x_bcd, w_dx, 1, f32)
         return total + cross_entropy_sum(logits_bcx, targets_bc, mask_bc), None
 
     total, _ = jax.lax.scan(one, jnp.zeros((), f32),

@@ -71,15 +71,22 @@ def test_conv_window_resets_at_segment_start():
     np.testing.assert_array_equal(out, [1, 12, 123, 4, 45, 456, 4567, 5678])
 
 
-def test_unit_lower_inverse_and_its_gradient():
+@pytest.mark.parametrize("c", [16, 48, 64, 40])
+def test_unit_lower_inverse_and_its_gradient(c):
+    """Inverse and gradient against jnp.linalg.inv: one diagonal block (16), three and four
+    blocks solved block row by block row (48, 64), and a size that is not a multiple of the
+    block (40: substitution throughout)."""
     from a1jax.model.deltanet import unit_lower_inverse
 
-    lower = jnp.tril(0.3 * jax.random.normal(jax.random.key(0), (3, 16, 16)), -1)
+    lower = jnp.tril(0.3 * jax.random.normal(jax.random.key(0), (3, c, c)), -1)
     inv = unit_lower_inverse(lower)
-    eye = np.broadcast_to(np.eye(16), (3, 16, 16))
+    eye = np.broadcast_to(np.eye(c), (3, c, c))
     np.testing.assert_allclose(np.asarray(inv) @ (np.asarray(lower) + eye), eye, atol=1e-5)
-    probe = jax.random.normal(jax.random.key(1), (3, 16, 16))
+    probe = jax.random.normal(jax.random.key(1), (3, c, c))
     loss = lambda l: jnp.sum(jnp.sin(unit_lower_inverse(l) * probe))
-    reference = lambda l: jnp.sum(jnp.sin(jnp.linalg.inv(l + jnp.eye(16)) * probe))
-    np.testing.assert_allclose(jnp.tril(jax.grad(loss)(lower), -1),
-                               jnp.tril(jax.grad(reference)(lower), -1), atol=1e-4)
+    reference = lambda l: jnp.sum(jnp.sin(jnp.linalg.inv(l + jnp.eye(c)) * probe))
+    got = np.tril(jax.grad(loss)(lower), -1)
+    want = np.tril(jax.grad(reference)(lower), -1)
+    # Relative to the whole gradient: for c = 64 its entries reach hundreds, and fp32
+    # jnp.linalg.inv rounds as much as the kernel does.
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-5
