@@ -153,7 +153,8 @@ def main() -> None:
     else:
         stats = jax.devices()[0].memory_stats() or {}
         mem = f"peak device memory {stats.get('peak_bytes_in_use', 0) / 2**30:.2f} GiB"
-    print(f"first loss {first_loss:.4f}; step {step_s:.3f}s (median of {args.steps}); "
+    print(f"first loss {first_loss:.4f}; step {step_s:.3f}s (median of {args.steps}; fastest "
+          f"{min(times):.3f}s); "
           f"{tokens_per_s:,.0f} tokens/s; model {flops / 1e9:.1f} GFLOP/step; "
           f"matmul peak {peak / 1e9:.0f} GFLOP/s; MFU {mfu:.3f}; {mem}")
     print(f"a1jax tokens_per_s={tokens_per_s:.0f} mfu={mfu:.4f} first_loss={first_loss:.6f}")
