@@ -117,7 +117,7 @@ def unit_lower_inverse(lower_cc: jax.Array) -> jax.Array:
     (`_substitute`), then each block row of the inverse is one product with the rows above it,
     X_i = -D_i L_i,<i X_<i (D_i the inverted diagonal block). Row-by-row substitution over all
     c rows is c steps of a matrix-vector product each; this is c/16 steps of matmuls plus 16
-    small steps, a third of the time for c = 64 on a CPU.
+    small steps (the bench model's 256 chunk matrices of 64 x 64 on 2 CPU cores: 13 -> 4 ms).
 
     Written by hand rather than with `jax.lax.linalg.triangular_solve`: on XLA's CPU backend that
     solver is a LAPACK custom call that waits on the intra-op thread pool, and with several
