@@ -2,6 +2,7 @@ r"""The runner: resume after kill -9 and SIGTERM, restore onto another layout, n
 and the errors it gives before compiling anything."""
 
 import os
+import shutil
 import signal
 import subprocess
 
@@ -59,24 +60,51 @@ def test_kill_9_then_rerun_equals_uninterrupted(reference, tmp_path):
     assert_trees_close(final_params(workdir), final_params(reference), atol=1e-6)
 
 
-def test_sigterm_checkpoints_and_resumes_on_another_layout(reference, tmp_path):
+def test_sigterm_checkpoints_then_resume_equals_uninterrupted(reference, tmp_path):
     workdir = str(tmp_path / "preempted")
     proc = start(workdir)
     wait_for_step(workdir, proc, 1)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate()
     assert proc.returncode == 0, out[-2000:]
+    # Where it stops depends on how fast this machine is; the test holds for any step.
     stopped = max(losses(workdir))
     assert f"preempted at step {stopped}" in out
     assert Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True).latest_step() \
         == stopped
-    # Resume on 4 devices, expert parallel only, instead of data 2 x expert 2 x sequence 2 on 8.
-    other = stage1("mesh.layout=expert", "mesh.axes=", "mesh.num_devices=4")
-    summary = runner.run(other, workdir, **quiet)
+    said = []
+    summary = runner.run(stage1(), workdir, report=said.append)
     assert summary["status"] == "finished"
+    assert f"stage1_foundation: resumed from step {stopped} " in "\n".join(said) + " "
     ours, theirs = losses(workdir), losses(reference)
-    np.testing.assert_allclose(ours[stopped + 1], theirs[stopped + 1], rtol=1e-5)
-    assert_trees_close(final_params(workdir), final_params(reference), atol=1e-5)
+    assert sorted(ours) == sorted(theirs)
+    np.testing.assert_allclose([ours[s] for s in sorted(ours)],
+                               [theirs[s] for s in sorted(theirs)], rtol=1e-6)
+    assert_trees_close(final_params(workdir), final_params(reference), atol=1e-6)
+
+
+def test_resume_on_another_layout(reference, tmp_path):
+    """The reference's step-4 checkpoint, written on data 2 x expert 2 x sequence 2 (8 devices),
+    resumed on expert 4 (4 devices) for steps 5 and 6: always the same two steps on the other
+    layout, so the test does not depend on timing. The layouts round their sums in different
+    orders; here that leaves the parameters 6e-8 apart. (More steps there leave more: resumed
+    from step 1, five steps on expert 4 left some experts 1.9e-4 apart, as AdamW's normalised
+    update amplifies rounding in parameters with tiny gradients; see test_cpu_multiprocess.py.)"""
+    workdir = str(tmp_path / "moved")
+    shutil.copytree(reference, workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
+    os.remove(os.path.join(workdir, "summary.json"))
+    other = stage1("mesh.layout=expert", "mesh.axes=", "mesh.num_devices=4")
+    said = []
+    summary = runner.run(other, workdir, report=said.append)
+    assert summary["status"] == "finished"
+    assert any(line.startswith("stage1_foundation: resumed from step 4 ") for line in said), said
+    ours, theirs = losses(workdir), losses(reference)
+    assert sorted(ours) == sorted(theirs)
+    np.testing.assert_allclose([ours[s] for s in (1, 2, 3, 4)],
+                               [theirs[s] for s in (1, 2, 3, 4)], rtol=0)  # kept as written
+    np.testing.assert_allclose([ours[5], ours[6]], [theirs[5], theirs[6]], rtol=1e-6)
+    assert_trees_close(final_params(workdir), final_params(reference), atol=1e-6)
 
 
 def _poison(at_step, vocab_size):
