@@ -3,9 +3,17 @@
 #   launch/test.sh                 # everything (what CI runs)
 #   launch/test.sh -m "not slow"   # skip the slow tests
 #   launch/test.sh tests/model -k parity
+#   A1JAX_TEST_WORKERS=0 launch/test.sh   # in this process, one test at a time
+# Tests run on A1JAX_TEST_WORKERS pytest-xdist workers (default 2), a file to a worker: most of a
+# test's time is XLA compiling, which uses one core, so two workers keep a 2-core machine busy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/setup_venv.sh
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=8"
 export JAX_PLATFORMS=cpu
-python -m pytest "$@"
+workers="${A1JAX_TEST_WORKERS:-2}"
+if [ "$workers" = "0" ]; then
+  python -m pytest "$@"
+else
+  python -m pytest -n "$workers" --dist loadfile "$@"
+fi
