@@ -172,6 +172,13 @@ def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
         raise ExperimentError(f"model config: {e}") from None
 
 
+def parse_rules(text: str, what: str = "mesh.rules") -> list[tuple[str, Any]]:
+    """Rule overrides as written in `mesh.rules`: `"embed=;act_seq=sequence;exp=data+expert"`
+    maps embed to no mesh axis (replicated), act_seq to `sequence`, exp to data and expert."""
+    return [(name, tuple(value.split("+")) if "+" in value else (value or None))
+            for name, value in _pairs(text, what)]
+
+
 def mesh_spec(c: ml_collections.ConfigDict, num_devices: int | None = None) -> MeshSpec:
     """The layout resolved for `num_devices` (default: mesh.num_devices, else every device)."""
     num_devices = num_devices or c.mesh.num_devices or None
@@ -182,8 +189,7 @@ def mesh_spec(c: ml_collections.ConfigDict, num_devices: int | None = None) -> M
         except ValueError:
             raise ExperimentError(f"mesh.axes: size of {name} must be an integer, got "
                                   f"{value!r}") from None
-    rules = [(name, tuple(value.split("+")) if "+" in value else (value or None))
-             for name, value in _pairs(c.mesh.rules, "mesh.rules")]
+    rules = parse_rules(c.mesh.rules)
     if not c.mesh.layout and not axes:
         raise ExperimentError("set mesh.layout or mesh.axes")
     return MeshSpec.create(c.mesh.layout or None, axes or None, rules, num_devices)

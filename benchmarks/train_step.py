@@ -3,6 +3,8 @@
     python benchmarks/train_step.py --model bench --batch 4 --seq 1024 --steps 5
     python benchmarks/train_step.py --model bench --layout expert --batch 8 --seq 1024
     python benchmarks/train_step.py --model bench --mesh data=2,expert=2,sequence=2 --batch 4
+    python benchmarks/train_step.py --model bench --mesh data=2 --devices 2 \
+        --rules "embed=;vocab=;linear_conv="     # data parallel with replicated parameters
 
 The batch comes from a fixed seed whatever the layout, so first-step losses compare across
 layouts. MFU is model FLOPs per second over the matmul rate this machine reaches, measured in
@@ -22,6 +24,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--model", default="bench")
     parser.add_argument("--layout", help="a named layout (a1jax.sharding.LAYOUTS)")
     parser.add_argument("--mesh", help="axis sizes, e.g. data=2,expert=2,sequence=2")
+    parser.add_argument("--rules", default="",
+                        help="logical-rule overrides, as an experiment's mesh.rules: "
+                             "'embed=;act_seq=sequence' (an empty value: no mesh axis)")
     parser.add_argument("--devices", type=int, default=8,
                         help="simulated CPU devices for --layout/--mesh on a CPU")
     parser.add_argument("--batch", type=int, default=4)
@@ -52,6 +57,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from a1jax.errors import A1Error  # noqa: E402
+from a1jax.experiment import parse_rules  # noqa: E402
 from a1jax.model import get_preset  # noqa: E402
 from a1jax.model_info import count_params  # noqa: E402
 from a1jax.sharding import MeshSpec  # noqa: E402
@@ -104,17 +111,22 @@ def main() -> None:
         except json.JSONDecodeError:
             changes[name] = value
     config = dataclasses.replace(config, **changes)
-    if args.layout or args.mesh:
-        axes = dict((k, int(v)) for k, v in (kv.split("=") for kv in args.mesh.split(","))) \
-            if args.mesh else None
-        spec = MeshSpec.create(layout=args.layout, axes=axes)
-        devices = None
-    else:
-        spec = MeshSpec.create(axes={"data": 1}, num_devices=1)
-        devices = jax.devices()[:1]
-    trainer = build_trainer(config, OptimConfig(warmup_fraction=0.0, total_steps=1000), spec,
-                            batch=args.batch, seq=args.seq, microbatches=args.microbatches,
-                            devices=devices)
+    try:
+        rules = parse_rules(args.rules, "--rules")
+        if args.layout or args.mesh:
+            axes = dict((k, int(v)) for k, v in (kv.split("=") for kv in args.mesh.split(","))) \
+                if args.mesh else None
+            spec = MeshSpec.create(layout=args.layout, axes=axes, rules=rules)
+            devices = None
+        else:
+            spec = MeshSpec.create(axes={"data": 1}, rules=rules, num_devices=1)
+            devices = jax.devices()[:1]
+        trainer = build_trainer(config, OptimConfig(warmup_fraction=0.0, total_steps=1000),
+                                spec, batch=args.batch, seq=args.seq,
+                                microbatches=args.microbatches, devices=devices)
+    except A1Error as e:  # a layout that cannot work: say which, before compiling anything
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     rs = np.random.RandomState(0)  # the same batch whatever the layout
     tokens = rs.randint(0, config.vocab_size, (args.batch, args.seq + 1))
     loss_mask = np.ones((args.batch, args.seq), np.int32)
@@ -124,8 +136,14 @@ def main() -> None:
                                                                (args.batch, 1))))
     print(f"model {args.model} ({config.num_hidden_layers} layers, {config.dtype}, "
           f"{config.moe_dispatch}), mesh {spec.describe()} on {len(trainer.mesh.devices.flat)} "
-          f"{jax.devices()[0].platform} device(s), batch {args.batch} x {args.seq}", flush=True)
+          f"{jax.devices()[0].platform} device(s), batch {args.batch} x {args.seq}"
+          + (f", rules {args.rules}" if args.rules else ""), flush=True)
     state = trainer.init(jax.random.key(0))
+    # Parameters and optimizer state on the first device: what the rules shard or replicate.
+    state_bytes = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state)
+                      if hasattr(x, "addressable_shards"))
+    print(f"parameters and optimizer state {state_bytes / 2**20:,.1f} MiB on the first device",
+          flush=True)
     start = time.perf_counter()
     compiled = trainer.lower(state, batch).compile()
     release_host_memory()  # as Trainer.step does after compiling

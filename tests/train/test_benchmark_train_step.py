@@ -1,0 +1,58 @@
+"""benchmarks/train_step.py, the layout-ablation tool: rule overrides change what each device
+holds and not the numbers, and a layout that cannot work is an error before compiling."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(REPO, "benchmarks", "train_step.py")
+BASE = ["--model", "tiny", "--batch", "2", "--seq", "64", "--steps", "1", "--mesh", "data=2",
+        "--devices", "2"]
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, XLA_FLAGS="")  # the script sets its own device count
+    return subprocess.run([sys.executable, SCRIPT, *BASE, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def state_mib(out: str) -> float:
+    return float(re.search(r"optimizer state ([\d,.]+) MiB on the first device", out)
+                 .group(1).replace(",", ""))
+
+
+def first_loss(out: str) -> float:
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"a1jax tokens_per_s=\d+ mfu=[\d.]+ first_loss=[\d.]+", last), last
+    return float(last.rpartition("first_loss=")[2])
+
+
+def test_rules_replicate_the_state_and_leave_the_loss():
+    fsdp = bench()
+    replicated = bench("--rules", "embed=;vocab=;linear_conv=")
+    assert fsdp.returncode == 0 and replicated.returncode == 0, fsdp.stderr + replicated.stderr
+    assert ", rules embed=;vocab=;linear_conv=" in replicated.stdout
+    # FSDP (the default rules) splits nearly all of the state over data=2; replicated keeps it all.
+    assert state_mib(replicated.stdout) > 1.9 * state_mib(fsdp.stdout)
+    assert first_loss(replicated.stdout) == pytest.approx(first_loss(fsdp.stdout), rel=1e-6)
+
+
+def test_bad_rules_fail_before_compiling():
+    result = bench("--rules", "embed=model")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: rules override maps 'embed' to unknown mesh axis 'model'")
+    assert "compiled" not in result.stdout
+
+
+def test_rules_text_as_experiment_files_write_it():
+    from a1jax.experiment import ExperimentError, parse_rules
+    assert parse_rules("embed=;act_seq=sequence, exp=data+expert") == [
+        ("embed", None), ("act_seq", "sequence"), ("exp", ("data", "expert"))]
+    with pytest.raises(ExperimentError) as e:
+        parse_rules("embed", "--rules")
+    assert str(e.value) == "--rules: 'embed' is not name=value"
