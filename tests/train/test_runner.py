@@ -27,6 +27,16 @@ def reference(tmp_path_factory):
     return workdir
 
 
+def assert_same_run(workdir: str, reference: str, tol: float) -> None:
+    """Same data order and same updates as the uninterrupted run: every step's loss (relative
+    `tol`) and the final parameters (absolute `tol`)."""
+    ours, theirs = losses(workdir), losses(reference)
+    assert sorted(ours) == sorted(theirs)
+    np.testing.assert_allclose([ours[s] for s in sorted(ours)],
+                               [theirs[s] for s in sorted(theirs)], rtol=tol)
+    assert_trees_close(final_params(workdir), final_params(reference), atol=tol)
+
+
 def test_checkpoints_kept_and_summary(reference):
     steps = Checkpointer(os.path.join(reference, "checkpoints"), read_only=True).steps()
     assert steps == [4, 6]  # the latest 2 (every 2 steps); 6 is also the final
@@ -52,12 +62,7 @@ def test_kill_9_then_rerun_equals_uninterrupted(reference, tmp_path):
     rerun = subprocess.run(cli(workdir), cwd=REPO, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resumed from step" in rerun.stdout
-    # Same data order and same updates: every step's loss and the final parameters.
-    ours, theirs = losses(workdir), losses(reference)
-    assert sorted(ours) == sorted(theirs)
-    np.testing.assert_allclose([ours[s] for s in sorted(ours)],
-                               [theirs[s] for s in sorted(theirs)], rtol=1e-6)
-    assert_trees_close(final_params(workdir), final_params(reference), atol=1e-6)
+    assert_same_run(workdir, reference, tol=1e-6)
 
 
 def test_sigterm_checkpoints_then_resume_equals_uninterrupted(reference, tmp_path):
@@ -75,12 +80,9 @@ def test_sigterm_checkpoints_then_resume_equals_uninterrupted(reference, tmp_pat
     said = []
     summary = runner.run(stage1(), workdir, report=said.append)
     assert summary["status"] == "finished"
-    assert f"stage1_foundation: resumed from step {stopped} " in "\n".join(said) + " "
-    ours, theirs = losses(workdir), losses(reference)
-    assert sorted(ours) == sorted(theirs)
-    np.testing.assert_allclose([ours[s] for s in sorted(ours)],
-                               [theirs[s] for s in sorted(theirs)], rtol=1e-6)
-    assert_trees_close(final_params(workdir), final_params(reference), atol=1e-6)
+    assert any(line.startswith(f"stage1_foundation: resumed from step {stopped} ")
+               for line in said), said
+    assert_same_run(workdir, reference, tol=1e-6)
 
 
 def test_resume_on_another_layout(reference, tmp_path):
@@ -99,12 +101,7 @@ def test_resume_on_another_layout(reference, tmp_path):
     summary = runner.run(other, workdir, report=said.append)
     assert summary["status"] == "finished"
     assert any(line.startswith("stage1_foundation: resumed from step 4 ") for line in said), said
-    ours, theirs = losses(workdir), losses(reference)
-    assert sorted(ours) == sorted(theirs)
-    np.testing.assert_allclose([ours[s] for s in (1, 2, 3, 4)],
-                               [theirs[s] for s in (1, 2, 3, 4)], rtol=0)  # kept as written
-    np.testing.assert_allclose([ours[5], ours[6]], [theirs[5], theirs[6]], rtol=1e-6)
-    assert_trees_close(final_params(workdir), final_params(reference), atol=1e-6)
+    assert_same_run(workdir, reference, tol=1e-6)
 
 
 def _poison(at_step, vocab_size):
