@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.train.runner_helpers import REPO
+
 SCRIPT = os.path.join(REPO, "benchmarks", "train_step.py")
 BASE = ["--model", "tiny", "--batch", "2", "--seq", "64", "--steps", "1", "--mesh", "data=2",
         "--devices", "2"]
