@@ -174,9 +174,8 @@ class _Preemption:
 
 
 def _init_state(plan: Plan, trainer: Trainer, report: Callable[[str], None]):
-    state = trainer.init(jax.random.key(plan.config.seed))
     if plan.init_kind == "random":
-        return state
+        return trainer.init(jax.random.key(plan.config.seed))
     if plan.init_kind == "hf":
         report(f"initialising from Hugging Face checkpoint {plan.init_path}")
         _, params, _ = hf_load.load_params(plan.init_path, plan.model_config)
@@ -187,7 +186,7 @@ def _init_state(plan: Plan, trainer: Trainer, report: Callable[[str], None]):
                                                   trainer.state_sharding.params)
         reader = ckpt_lib.Checkpointer(plan.init_path, read_only=True)
         params = reader.restore_params(target, plan.init_step)
-    return state.replace(params=params)
+    return trainer.state_from_params(params)
 
 
 def _evaluate(trainer: Trainer, params, batches) -> float:

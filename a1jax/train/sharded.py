@@ -23,7 +23,7 @@ from a1jax.model import ModelConfig
 from a1jax.sharding.mesh import MeshSpec, logical_spec, make_mesh, param_shardings, validate_layout
 from a1jax.train.optim import OptimConfig, make_optimizer
 from a1jax.train.step import (BATCH_KEYS, TrainState, eval_step, init_params, init_state,
-                              train_step)
+                              state_from_params, train_step)
 
 
 @dataclasses.dataclass
@@ -34,6 +34,7 @@ class Trainer:
     state_sharding: TrainState
     batch_sharding: NamedSharding
     _init: Callable
+    _from_params: Callable
     _step: Callable
     _eval: Callable
     batch_shape: tuple[int, int] = (0, 0)  # the global batch: (sequences, tokens)
@@ -49,6 +50,13 @@ class Trainer:
     def init(self, key: jax.Array) -> TrainState:
         with self.context():
             return self._init(key)
+
+    def state_from_params(self, params: Any) -> TrainState:
+        """Step 0 and a fresh optimizer state around given parameters (imported or restored),
+        which must be laid out as `state_sharding.params`. The parameters are donated: the state
+        holds them in place, with no random init made first and no second copy."""
+        with self.context():
+            return self._from_params(params)
 
     def step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         """One training step. The first call with a batch signature compiles the step and hands
@@ -144,6 +152,9 @@ def build_trainer(model_config: ModelConfig, optim_config: OptimConfig, spec: Me
     batch_sharding = NamedSharding(mesh, logical_spec(("act_batch", "act_seq"), spec.rules))
     init = jax.jit(functools.partial(init_state, model_config=model_config, optimizer=optimizer),
                    out_shardings=state_sharding)
+    from_params = jax.jit(functools.partial(state_from_params, optimizer=optimizer),
+                          in_shardings=(p_shard,), out_shardings=state_sharding,
+                          donate_argnums=0)
     step = jax.jit(
         functools.partial(train_step, model_config=model_config, optimizer=optimizer,
                           schedule=optim_config.schedule(), microbatches=microbatches,
@@ -152,5 +163,5 @@ def build_trainer(model_config: ModelConfig, optim_config: OptimConfig, spec: Me
         donate_argnums=0)
     evaluate = jax.jit(functools.partial(eval_step, model_config=model_config),
                        in_shardings=(p_shard, batch_sharding), out_shardings=replicated)
-    return Trainer(mesh, spec, model_config, state_sharding, batch_sharding, init, step, evaluate,
-                   (batch, seq))
+    return Trainer(mesh, spec, model_config, state_sharding, batch_sharding, init, from_params,
+                   step, evaluate, (batch, seq))

@@ -43,7 +43,10 @@ def init_params(key: jax.Array, model_config: ModelConfig) -> Any:
 
 def init_state(key: jax.Array, model_config: ModelConfig,
                optimizer: optax.GradientTransformation) -> TrainState:
-    params = nn.meta.unbox(init_params(key, model_config))
+    return state_from_params(nn.meta.unbox(init_params(key, model_config)), optimizer)
+
+
+def state_from_params(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
 

@@ -148,3 +148,30 @@ def test_score_cli_errors_are_one_line(tmp_path):
         assert result.returncode == 2, (name, result.stderr)
         assert result.stderr.strip() == message, name
     assert not (tmp_path / "out.npz").exists()
+
+
+def test_run_starts_from_a_hugging_face_directory(tmp_path):
+    """`init_from` a Hugging Face directory: the run's state holds exactly its weights, sharded
+    as the layout says, at step 0 with a fresh optimizer state."""
+    import jax
+
+    from a1jax.train import runner
+    from tests.train.runner_helpers import stage1
+
+    plan = runner.check(stage1(), str(tmp_path / "probe"))
+    params = random_params(plan.model_config, seed=5)
+    _write_dir(tmp_path / "hf", to_hf_tensors(params, plan.model_config), plan.model_config)
+    plan = runner.check(stage1(f"init_from={tmp_path / 'hf'}"), str(tmp_path / "run"))
+    assert plan.init_kind == "hf"
+    trainer = runner.build(plan)
+    messages = []
+    state = runner._init_state(plan, trainer, messages.append)
+    assert messages == [f"initialising from Hugging Face checkpoint {tmp_path / 'hf'}"]
+    assert int(state.step) == 0
+    _assert_same(jax.tree.map(np.asarray, state.params), params)
+    for leaf, sharding in zip(jax.tree.leaves(state.params),
+                              jax.tree.leaves(trainer.state_sharding.params)):
+        assert leaf.sharding == sharding
+    moments = [x for x in jax.tree.leaves(state.opt_state) if x.ndim > 0]
+    assert len(moments) == 2 * len(jax.tree.leaves(params))
+    assert all(not np.asarray(x).any() for x in moments)

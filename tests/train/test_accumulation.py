@@ -30,9 +30,8 @@ def _step(batch, microbatches, spec=None):
     trainer = build_trainer(TINY, OPTIM, spec, batch=b, seq=t, microbatches=microbatches,
                             devices=jax.devices()[:spec.axes["data"] * spec.axes["expert"]
                                                   * spec.axes["sequence"]])
-    state = trainer.init(jax.random.key(0))
-    state = state.replace(params=jax.device_put(random_params(TINY, seed=7),
-                                                trainer.state_sharding.params))
+    state = trainer.state_from_params(jax.device_put(random_params(TINY, seed=7),
+                                                     trainer.state_sharding.params))
     with trainer.context():
         grads, _ = jax.jit(functools.partial(accumulate_grads, model_config=TINY,
                                              microbatches=microbatches))(
