@@ -1,5 +1,6 @@
 """Every test runs with 8 simulated CPU devices, so sharding tests need no accelerator."""
 
+import functools
 import os
 
 # Must be set before jax initialises its backends.
@@ -27,17 +28,29 @@ import pytest  # noqa: E402
 def random_params(config, seed: int = 0, noise: float = 0.05) -> dict:
     """An a1jax params tree (numpy float32) from the model's init, with every tensor perturbed so
     that zero-initialised norms and unit gates are exercised by parity tests too."""
+    params = _random_params_fn(config, noise)(jax.random.key(seed), jax.random.key(seed + 1))
+    return jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+
+
+@functools.lru_cache(maxsize=None)
+def _random_params_fn(config, noise: float):
+    """Compiled once per config (and kept in the session's compilation cache for the other
+    workers): run op by op, the init and the noise took 25-30 s on first use in a process and
+    4-5 s on every later call, and the suite calls this some thirty times."""
     import flax.linen as nn
 
     from a1jax.model import Transformer
 
     tokens = np.zeros((1, 4), np.int32)
-    params = nn.meta.unbox(Transformer(config).init(jax.random.key(seed), tokens))["params"]
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    leaves = [np.asarray(x + noise * jax.random.normal(k, x.shape), np.float32)
-              for x, k in zip(leaves, keys)]
-    return jax.tree.unflatten(treedef, leaves)
+
+    def make(init_key, noise_key):
+        params = nn.meta.unbox(Transformer(config).init(init_key, tokens))["params"]
+        leaves, treedef = jax.tree.flatten(params)
+        keys = jax.random.split(noise_key, len(leaves))
+        return jax.tree.unflatten(treedef, [x + noise * jax.random.normal(k, x.shape)
+                                            for x, k in zip(leaves, keys)])
+
+    return jax.jit(make)
 
 
 def hf_model(config, params):
