@@ -155,12 +155,13 @@ def test_run_starts_from_a_hugging_face_directory(tmp_path):
     as the layout says, at step 0 with a fresh optimizer state."""
     import jax
 
+    from a1jax import experiment
     from a1jax.train import runner
     from tests.train.runner_helpers import stage1
 
-    plan = runner.check(stage1(), str(tmp_path / "probe"))
-    params = random_params(plan.model_config, seed=5)
-    _write_dir(tmp_path / "hf", to_hf_tensors(params, plan.model_config), plan.model_config)
+    config = experiment.model_config(stage1())
+    params = random_params(config, seed=5)
+    _write_dir(tmp_path / "hf", to_hf_tensors(params, config), config)
     plan = runner.check(stage1(f"init_from={tmp_path / 'hf'}"), str(tmp_path / "run"))
     assert plan.init_kind == "hf"
     trainer = runner.build(plan)
