@@ -51,6 +51,9 @@ def base() -> ml_collections.ConfigDict:
     c.model.moe_dispatch = config_dict.placeholder(str)  # dense | dropless | expert_parallel
     c.model.moe_capacity_factor = config_dict.placeholder(float)
     c.model.remat = config_dict.placeholder(str)  # none | full | dots
+    # Scan over repeats of the layer pattern (one compiled block, stacked parameters); see
+    # ModelConfig.scan_layers. Checkpoints of either form load into either.
+    c.model.scan_layers = config_dict.placeholder(bool)
     c.model.extra = ""
     # "none", or "yarn": when seq_len exceeds the model's native context, YaRN RoPE scaling by
     # seq_len / native (Qwen3.5's native 262,144 covers every stage, so it never applies there).
@@ -148,7 +151,7 @@ def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
                               f"{', '.join(PRESETS)}")
     changes: dict[str, Any] = {k: c.model[k] for k in
                                ("vocab_size", "dtype", "moe_dispatch", "moe_capacity_factor",
-                                "remat") if c.model[k] is not None}
+                                "remat", "scan_layers") if c.model[k] is not None}
     fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
     for name, value in _pairs(c.model.extra, "model.extra"):
         if name not in fields:
@@ -238,7 +241,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 # values of these loads, and a resumed run may change them.
 COMPUTE_FIELDS = frozenset({
     "dtype", "deltanet_chunk_size", "deltanet_impl", "moe_dispatch", "moe_capacity_factor",
-    "remat", "attention_impl", "attention_block_size", "context_parallel", "loss_chunk_size",
+    "remat", "scan_layers", "attention_impl", "attention_block_size", "context_parallel", "loss_chunk_size",
     "eos_token_id",
     "initializer_range", "router_aux_loss_coef", "max_position_embeddings", "rope_type",
     "rope_factor", "rope_original_max_position_embeddings", "rope_beta_fast", "rope_beta_slow"})

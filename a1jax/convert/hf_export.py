@@ -4,7 +4,8 @@ Writes config.json, safetensors shards with `model.safetensors.index.json` (fuse
 official Qwen3.5 checkpoints), generation_config.json and the tokenizer with the chat template
 a1jax trained with. Parameters are restored one leaf at a time and streamed into the shard being
 written (`safetensors_stream`), the fused `experts.gate_up_proj` one expert at a time, so memory
-stays near the largest tensor whatever the model size. With `source` (the Hugging Face directory
+stays near the largest tensor whatever the model size (for a checkpoint written with
+`scan_layers`, near two stacked leaves: a parameter's every repeat of the layer pattern). With `source` (the Hugging Face directory
 stage 1 started from) the tensors a1jax does not train (vision tower, MTP layer) are copied
 unchanged and the output keeps the source's layout and config: a drop-in replacement.
 
@@ -36,6 +37,7 @@ from a1jax.data.chat_template import template_for
 from a1jax.data.tokenizer import SHIPPED_TOKENIZER_DIR, load_tokenizer
 from a1jax.errors import A1Error
 from a1jax.model.config import ConfigError, ModelConfig
+from a1jax.model.transformer import layer_leaf
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 MAX_SHARD_BYTES = 5 * 10**9
@@ -101,7 +103,7 @@ def export(checkpoint: str, out: str, *, dtype: str = "bfloat16", source: str | 
             hf_config = _merge_config(json.load(f), hf_config)
 
     np_dtype = DTYPES[dtype]
-    reader = _LeafReader(step)
+    reader = _LeafReader(step, config)
     tensors = list(_text_tensors(config, reader, prefix, np_dtype))
     tensors += [_carried_tensor(src_store, name) for name in carried]
     shards = sts.plan_shards(tensors, max_shard_bytes)
@@ -134,29 +136,45 @@ def export(checkpoint: str, out: str, *, dtype: str = "bfloat16", source: str | 
 # ---- parameters -> tensors -------------------------------------------------------------------
 
 class _LeafReader:
-    """Restores checkpoint leaves on demand; the caller drops each when written."""
+    """Restores checkpoint leaves on demand; the caller drops each when written.
 
-    def __init__(self, step: Path):
+    A checkpoint written with `scan_layers` holds each decoder parameter stacked over the
+    repeats of the layer pattern: a layer's tensor is a slice of its stacked leaf, which is kept
+    until it is displaced (at most two: the gate and up halves of `experts.gate_up_proj`), and
+    `_text_tensors` puts each stacked leaf's layers next to each other so that it is read once.
+    """
+
+    def __init__(self, step: Path, config: ModelConfig):
         self.step = step
+        self.config = config
         self.handler = orbax_io._handler()
         self.cache: dict[tuple[str, ...], np.ndarray] = {}
 
     def __call__(self, path: tuple[str, ...]) -> np.ndarray:
+        index = None
+        if self.config.scan_layers:
+            path, index = layer_leaf(self.config, path)
         if path not in self.cache:
-            self.cache.clear()
+            while len(self.cache) >= (2 if index is not None else 1):
+                self.cache.pop(next(iter(self.cache)))
             self.cache[path] = orbax_io.read_param(self.step, path, self.handler)
-        return self.cache[path]
+        return self.cache[path] if index is None else self.cache[path][index]
 
     def drop(self, *paths: tuple[str, ...]) -> None:
         for path in paths:
-            self.cache.pop(path, None)
+            if not self.config.scan_layers or layer_leaf(self.config, path)[1] is None:
+                self.cache.pop(path, None)
 
 
 def _text_tensors(config: ModelConfig, read: _LeafReader, prefix: str,
                   dtype: np.dtype) -> Iterator[sts.TensorPlan]:
-    """The text model's tensors in Hugging Face order, each streamed from its leaf (or leaves)."""
+    """The text model's tensors in Hugging Face order (under `scan_layers`, each stacked leaf's
+    layers in a row), each streamed from its leaf (or leaves)."""
+    ordered = list(entries(config))
+    if config.scan_layers:
+        ordered.sort(key=lambda e: _leaf_order(config, e.path))
     halves: dict[str, Any] = {}
-    for entry in entries(config):
+    for entry in ordered:
         name = full_name(entry.hf_names[0], prefix)
         if entry.to_hf is None:  # experts.gate_up_proj: [e, 2f, d] from gate and up [e, d, f]
             halves[entry.path[-1]] = entry
@@ -169,6 +187,14 @@ def _text_tensors(config: ModelConfig, read: _LeafReader, prefix: str,
         (shape,) = entry.hf_shapes
         yield sts.TensorPlan(name, shape, dtype,
                              lambda e=entry: _pieces(read, e, dtype))
+
+
+def _leaf_order(config: ModelConfig, path: tuple[str, ...]) -> tuple:
+    """Sort key: by stacked leaf (the fused experts' up half with its gate half), then layer."""
+    if path[-1] == "experts_up_proj":
+        path = path[:-1] + ("experts_gate_proj",)
+    leaf, index = layer_leaf(config, path)
+    return (index is not None, leaf, index or 0)
 
 
 def _pieces(read: _LeafReader, entry, dtype: np.dtype) -> Iterator[np.ndarray]:
@@ -216,6 +242,11 @@ def _check_params(step: Path, config: ModelConfig) -> None:
     """The checkpoint's parameters are exactly the model config's, shape and dtype."""
     stored = orbax_io.param_metadata(step)
     expected = {e.path: e.shape for e in entries(config)}
+    if config.scan_layers:  # one stacked leaf for each decoder parameter of a pattern position
+        repeats = config.num_hidden_layers // config.layer_period
+        expected = {layer_leaf(config, path)[0]: (shape if layer_leaf(config, path)[1] is None
+                                                  else (repeats,) + shape)
+                    for path, shape in expected.items()}
     for path, shape in expected.items():
         if path not in stored:
             raise ExportError(f"{step}: parameter {'/'.join(path)} is missing (the checkpoint "

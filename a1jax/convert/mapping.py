@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from a1jax.model.config import FULL, ModelConfig
+from a1jax.model.transformer import is_stacked, unstack_layers
 
 Array = np.ndarray
 
@@ -148,7 +149,10 @@ def entries(c: ModelConfig, per_expert: bool = False) -> Iterator[Entry]:
 
 
 def to_hf_tensors(params: dict, c: ModelConfig, prefix: str = "model.") -> dict[str, Array]:
-    """a1jax params -> Hugging Face tensors (fused-expert layout, as official Qwen3.5 checkpoints)."""
+    """a1jax params (decoder stacked or not) -> Hugging Face tensors (fused-expert layout, as
+    official Qwen3.5 checkpoints)."""
+    if is_stacked(params):
+        params = unstack_layers(params, c)
     out: dict[str, Array] = {}
     fused: dict[str, dict[str, Array]] = {}
     for entry in entries(c):

@@ -72,6 +72,12 @@ class ModelConfig:
     moe_dispatch: str = "dropless"  # see a1jax.model.dispatch; "dense" is the reference
     moe_capacity_factor: float = 0.0  # expert_parallel only; 0 = worst case, nothing dropped
     remat: str = "none"  # per decoder layer: "none", "full" (save nothing), "dots" (save matmuls)
+    # Scan over layer blocks: the decoder runs as a `lax.scan` over repeats of its layer pattern
+    # (the 35B: 10 repeats of 3 DeltaNet + 1 attention), so the compiled program holds one block
+    # whatever the depth. Parameters are then stacked per position in the pattern, with a leading
+    # `layers` axis (params["layers"]["layers_j"], repeat p is layer p * period + j); checkpoints
+    # keep that form, and conversion to and from Hugging Face handles both.
+    scan_layers: bool = False
     # The loss computes logits this many tokens of a row at a time (0: all at once): at 131K
     # tokens the full [tokens, 248K vocab] fp32 logits alone would not fit a GPU.
     loss_chunk_size: int = 4096
@@ -151,6 +157,19 @@ class ModelConfig:
                               "rope_original_max_position_embeddings (the native context)")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if not isinstance(self.scan_layers, bool):
+            raise ConfigError(f"scan_layers must be true or false, got {self.scan_layers!r}")
+        if self.scan_layers and self.layer_period == self.num_hidden_layers > 1:
+            raise ConfigError(
+                "scan_layers needs a layer pattern that repeats; layer_types "
+                f"{','.join(t[0] for t in self.layer_types)} (f: full, l: linear) does not")
+
+    @property
+    def layer_period(self) -> int:
+        """The shortest block of `layer_types` that the whole pattern repeats."""
+        n = self.num_hidden_layers
+        return next(p for p in range(1, n + 1)
+                    if n % p == 0 and self.layer_types == self.layer_types[:p] * (n // p))
 
     @property
     def rotary_dim(self) -> int:
@@ -260,7 +279,7 @@ class ModelConfig:
 _NOT_HF = frozenset({"rope_type", "rope_factor", "rope_original_max_position_embeddings",
                      "rope_beta_fast", "rope_beta_slow",
                      "dtype", "deltanet_chunk_size", "deltanet_impl", "moe_dispatch",
-                     "moe_capacity_factor", "remat", "rope_theta", "partial_rotary_factor",
+                     "moe_capacity_factor", "remat", "scan_layers", "rope_theta", "partial_rotary_factor",
                      "attention_impl", "attention_block_size", "context_parallel",
                      "loss_chunk_size"})
 _HF_REQUIRED = (

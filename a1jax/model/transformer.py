@@ -3,11 +3,12 @@ followed by the sparse MoE block, a final norm and the LM head."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from a1jax.model.attention import GatedAttention
 from a1jax.model.base import RMSNorm, accum_dtype, normal, param, run_ids
@@ -38,6 +39,37 @@ class DecoderLayer(nn.Module):
         h_btd = RMSNorm(c.rms_norm_eps, name="post_attention_layernorm")(x_btd)
         h_btd, stats = SparseMoeBlock(c, name="mlp")(h_btd, valid_bt)
         return x_btd + h_btd.astype(x_btd.dtype), stats
+
+
+def decoder_layers(c: ModelConfig, layer_types: tuple[str, ...], x_btd, positions_bt, runs_bt,
+                   valid_bt, index_bt) -> tuple[jax.Array, RouterStats]:
+    """Decoder layers `layer_types` in order, named layers_0, layers_1, ... in the calling
+    module, each remat'd by the config's policy. Returns x and the layers' router statistics,
+    each field stacked over these layers."""
+    layer_cls = DecoderLayer
+    if c.remat != "none":
+        policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+                  if c.remat == "dots" else jax.checkpoint_policies.nothing_saveable)
+        layer_cls = nn.remat(DecoderLayer, policy=policy, static_argnums=())
+    stats = []
+    for i, layer_type in enumerate(layer_types):
+        x_btd = nn.with_logical_constraint(x_btd, ACTIVATION)
+        x_btd, layer_stats = layer_cls(c, layer_type, name=f"layers_{i}")(
+            x_btd, positions_bt, runs_bt, valid_bt, index_bt)
+        stats.append(layer_stats)
+    return x_btd, RouterStats(*(jnp.stack(field) for field in zip(*stats)))
+
+
+class LayerBlock(nn.Module):
+    """One repeat of the layer pattern: the body of the decoder's scan under `scan_layers`."""
+
+    config: ModelConfig
+    layer_types: tuple[str, ...]
+
+    @nn.compact
+    def __call__(self, x_btd, positions_bt, runs_bt, valid_bt, index_bt):
+        return decoder_layers(self.config, self.layer_types, x_btd, positions_bt, runs_bt,
+                              valid_bt, index_bt)
 
 
 class Output(NamedTuple):
@@ -88,17 +120,18 @@ class Transformer(nn.Module):
         # from an embed-sharded table into batch/sequence-sharded rows, and would replicate anyway.
         table_xd = nn.with_logical_constraint(embed_xd, (None, None))
         x_btd = jnp.take(table_xd, tokens_bt, axis=0).astype(dtype)
-        layer_cls = DecoderLayer
-        if c.remat != "none":
-            policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-                      if c.remat == "dots" else jax.checkpoint_policies.nothing_saveable)
-            layer_cls = nn.remat(DecoderLayer, policy=policy, static_argnums=())
-        stats = []
-        for i, layer_type in enumerate(c.layer_types):
-            x_btd = nn.with_logical_constraint(x_btd, ACTIVATION)
-            x_btd, layer_stats = layer_cls(c, layer_type, name=f"layers_{i}")(
+        if c.scan_layers:
+            period, repeats = c.layer_period, c.num_hidden_layers // c.layer_period
+            blocks = nn.scan(LayerBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                             in_axes=(nn.broadcast,) * 4, length=repeats,
+                             metadata_params={nn.PARTITION_NAME: "layers"})
+            x_btd, stacked = blocks(c, c.layer_types[:period], name="layers")(
                 x_btd, positions_bt, runs_bt, valid_bt, index_bt)
-            stats.append(layer_stats)
+            # [repeats, period, ...] -> [layers, ...]: repeat p, position j is layer p*period + j.
+            router = jax.tree.map(lambda s: s.reshape((-1,) + s.shape[2:]), stacked)
+        else:
+            x_btd, router = decoder_layers(c, c.layer_types, x_btd, positions_bt, runs_bt,
+                                           valid_bt, index_bt)
         x_btd = nn.with_logical_constraint(x_btd, ACTIVATION)
         if shards is not None:
             x_btd = nn.with_logical_constraint(from_zigzag(shards, x_btd), ACTIVATION)
@@ -108,10 +141,71 @@ class Transformer(nn.Module):
         else:
             w_dx = param(self, "lm_head", (c.hidden_size, c.vocab_size), ("embed", "vocab"),
                          normal(c.initializer_range))
-        router = RouterStats(*(jnp.stack(field) for field in zip(*stats)))
         if not head:
             return Output(None, router, x_btd, w_dx.astype(dtype))
         w_dx = w_dx.astype(dtype)
         logits_btx = jnp.einsum("btd,dx->btx", x_btd, w_dx,
                                 preferred_element_type=accum_dtype(x_btd, w_dx))
         return Output(logits_btx, router)
+
+
+# ---- the two forms of a decoder's parameters -------------------------------------------------
+# Unstacked: params["layers_i"], one subtree per layer (the model without `scan_layers`, and
+# the order Hugging Face names layers in). Stacked: params["layers"]["layers_j"], position j of
+# the layer pattern, each leaf with a leading axis over the pattern's repeats.
+
+def is_stacked(params: Mapping[str, Any]) -> bool:
+    return "layers" in params
+
+
+def stack_layers(params: Mapping[str, Any], c: ModelConfig) -> dict:
+    """Unstacked -> stacked decoder parameters (numpy or JAX leaves; other keys kept)."""
+    period, n = c.layer_period, c.num_hidden_layers
+    out = {k: v for k, v in params.items() if not _is_layer_key(k)}
+    out["layers"] = {
+        f"layers_{j}": jax.tree.map(lambda *xs: _xp(xs[0]).stack(xs),
+                                    *(params[f"layers_{i}"] for i in range(j, n, period)))
+        for j in range(period)}
+    return out
+
+
+def unstack_layers(params: Mapping[str, Any], c: ModelConfig) -> dict:
+    """Stacked -> unstacked decoder parameters (numpy or JAX leaves; other keys kept)."""
+    period = c.layer_period
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(c.num_hidden_layers):
+        out[f"layers_{i}"] = jax.tree.map(lambda x, p=i // period: x[p],
+                                          params["layers"][f"layers_{i % period}"])
+    return out
+
+
+def convert_layers(tree: Any, c: ModelConfig, stacked: bool) -> Any:
+    """Every params-shaped dict in `tree` (parameters, gradients, Adam moments: a whole
+    TrainState) in the stacked form if `stacked`, else unstacked; either form may come in."""
+    def convert(node):
+        if not isinstance(node, Mapping):  # a leaf outside any params-shaped dict
+            return node
+        if stacked and not is_stacked(node):
+            return stack_layers(node, c)
+        if not stacked and is_stacked(node):
+            return unstack_layers(node, c)
+        return node
+    return jax.tree.map(convert, tree, is_leaf=lambda x: isinstance(x, Mapping) and (
+        "layers" in x or "layers_0" in x))
+
+
+def layer_leaf(c: ModelConfig, path: tuple[str, ...]) -> tuple[tuple[str, ...], int | None]:
+    """Where unstacked parameter `path` lives in the stacked form: (path, index on the leading
+    axis), or (path, None) for a parameter outside the decoder layers."""
+    if not _is_layer_key(path[0]):
+        return path, None
+    i = int(path[0][len("layers_"):])
+    return ("layers", f"layers_{i % c.layer_period}") + tuple(path[1:]), i // c.layer_period
+
+
+def _is_layer_key(key: str) -> bool:
+    return key.startswith("layers_") and key[len("layers_"):].isdigit()
+
+
+def _xp(x):
+    return np if isinstance(x, np.ndarray) else jnp

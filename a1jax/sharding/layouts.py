@@ -43,6 +43,7 @@ DEFAULT_RULES: Rules = (
     ("router", None),
     ("mlp", None),
     ("mlp_moe", None),
+    ("layers", None),  # the stacked layers of `scan_layers`: every device holds its share of each
 )
 
 LOGICAL_NAMES = frozenset(name for name, _ in DEFAULT_RULES)

@@ -101,6 +101,10 @@ class Checkpointer:
         return self._manager.restore(
             step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
+    def params_stacked(self, step: int | None = None) -> bool:
+        """Whether the step's decoder parameters are stacked (written with `scan_layers`)."""
+        return "layers" in self._manager.item_metadata(self._step(step))["params"]
+
     def restore_state(self, target: TrainState, step: int | None = None
                       ) -> tuple[TrainState, dict[str, Any] | None]:
         """The full state at `step` (default: latest), laid out like `target` (abstract arrays

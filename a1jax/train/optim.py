@@ -33,7 +33,11 @@ class OptimConfig:
 
 def _decay_mask(params):
     # Matrices decay; norms, A_log and dt_bias (vectors) do not, as usual for AdamW fine-tuning.
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    # Under `scan_layers` a decoder parameter (params["layers"]) carries one more, stacked, axis.
+    def decays(path, p):
+        stacked = bool(path) and getattr(path[0], "key", None) == "layers"
+        return p.ndim - stacked >= 2
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:

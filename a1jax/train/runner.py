@@ -32,6 +32,7 @@ from a1jax.convert import hf_load
 from a1jax.data.tokenizer import TrajectoryEncoder, load_tokenizer
 from a1jax.errors import A1Error
 from a1jax.model import ModelConfig
+from a1jax.model.transformer import convert_layers
 from a1jax.sharding import MeshSpec
 from a1jax.train import checkpoint as ckpt_lib
 from a1jax.train import data as data_lib
@@ -179,13 +180,15 @@ def _init_state(plan: Plan, trainer: Trainer, report: Callable[[str], None]):
     if plan.init_kind == "hf":
         report(f"initialising from Hugging Face checkpoint {plan.init_path}")
         _, params, _ = hf_load.load_params(plan.init_path, plan.model_config)
+        params = convert_layers(params, plan.model_config, plan.model_config.scan_layers)
         params = jax.device_put(params, trainer.state_sharding.params)
     else:
         report(f"initialising from {plan.init_path} step {plan.init_step} (parameters only)")
-        target = ckpt_lib.abstract_with_shardings(trainer.abstract_state().params,
-                                                  trainer.state_sharding.params)
         reader = ckpt_lib.Checkpointer(plan.init_path, read_only=True)
-        params = reader.restore_params(target, plan.init_step)
+        stacked = reader.params_stacked(plan.init_step)
+        params = reader.restore_params(trainer.restore_target(stacked).params, plan.init_step)
+        if stacked != plan.model_config.scan_layers:
+            params = trainer.to_layer_form(params)
     return trainer.state_from_params(params)
 
 
@@ -239,9 +242,10 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
             "hf_source": None, "skipped": 0, "seconds": 0.0}
     start = checkpoints.latest_step()
     if start is not None:
-        target = ckpt_lib.abstract_with_shardings(trainer.abstract_state(),
-                                                  trainer.state_sharding)
-        state, data_state = checkpoints.restore_state(target, start)
+        stacked = checkpoints.params_stacked(start)
+        state, data_state = checkpoints.restore_state(trainer.restore_target(stacked), start)
+        if stacked != plan.model_config.scan_layers:  # resumed with the other scan_layers
+            state = trainer.to_layer_form(state)
         train_it.set_state(data_state)
         saved = checkpoints.meta(start)
         meta.update(skipped=saved.get("skipped", 0), seconds=saved.get("seconds", 0.0),

@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from a1jax.model import ModelConfig
+from a1jax.model.transformer import convert_layers
 from a1jax.sharding.mesh import MeshSpec, logical_spec, make_mesh, param_shardings, validate_layout
 from a1jax.train.optim import OptimConfig, make_optimizer
 from a1jax.train.step import (BATCH_KEYS, TrainState, eval_step, init_params, init_state,
@@ -40,6 +41,7 @@ class Trainer:
     batch_shape: tuple[int, int] = (0, 0)  # the global batch: (sequences, tokens)
     # Compiled steps by batch signature (compiled ahead of the first call; see `step`).
     _compiled: dict = dataclasses.field(default_factory=dict)
+    _optimizer: Any = None
 
     @contextlib.contextmanager
     def context(self):
@@ -114,6 +116,32 @@ class Trainer:
         with self.context():
             return jax.eval_shape(self._init, jax.random.key(0))
 
+    def restore_target(self, stacked: bool | None = None) -> TrainState:
+        """Abstract arrays carrying the state's shardings, to restore a checkpoint onto; with
+        `stacked` given, for the decoder's parameters in that form (a checkpoint written with
+        the other `scan_layers`; `to_layer_form` then converts what was restored)."""
+        c = self.model_config
+        if stacked is None or stacked == c.scan_layers:
+            abstract, sharding = self.abstract_state(), self.state_sharding
+        else:
+            abstract, sharding = _abstract_state(c.replace(scan_layers=stacked),
+                                                 self._optimizer, self.mesh, self.spec.rules)
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            abstract, sharding)
+
+    def to_layer_form(self, tree: Any) -> Any:
+        """A TrainState or params tree whose decoder parameters are stacked or not -> the form
+        and layout of this trainer's state (`ModelConfig.scan_layers`). For a checkpoint written
+        with the other setting: for a moment both forms are in memory."""
+        c = self.model_config
+        if isinstance(tree, TrainState):
+            target = self.state_sharding
+        else:
+            target = self.state_sharding.params
+        convert = functools.partial(convert_layers, c=c, stacked=c.scan_layers)
+        with self.context():
+            return jax.jit(convert, out_shardings=target)(tree)
+
     def lower(self, state_shapes: Any, batch_shapes: dict):
         with self.context():
             return self._step.lower(state_shapes, batch_shapes)
@@ -144,11 +172,8 @@ def build_trainer(model_config: ModelConfig, optim_config: OptimConfig, spec: Me
     mesh = make_mesh(spec, devices)
     optimizer = make_optimizer(optim_config)
     replicated = NamedSharding(mesh, P())
-    p_shard = param_shardings(boxed, mesh, spec.rules)
-    abstract_opt = jax.eval_shape(optimizer.init, nn.meta.unbox(boxed))
-    opt_shard = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, p_shard,
-                                      transform_non_params=lambda _: replicated)
-    state_sharding = TrainState(replicated, p_shard, opt_shard)
+    _, state_sharding = _abstract_state(model_config, optimizer, mesh, spec.rules, boxed)
+    p_shard = state_sharding.params
     batch_sharding = NamedSharding(mesh, logical_spec(("act_batch", "act_seq"), spec.rules))
     init = jax.jit(functools.partial(init_state, model_config=model_config, optimizer=optimizer),
                    out_shardings=state_sharding)
@@ -164,4 +189,21 @@ def build_trainer(model_config: ModelConfig, optim_config: OptimConfig, spec: Me
     evaluate = jax.jit(functools.partial(eval_step, model_config=model_config),
                        in_shardings=(p_shard, batch_sharding), out_shardings=replicated)
     return Trainer(mesh, spec, model_config, state_sharding, batch_sharding, init, from_params,
-                   step, evaluate, (batch, seq))
+                   step, evaluate, (batch, seq), _optimizer=optimizer)
+
+
+def _abstract_state(model_config: ModelConfig, optimizer: optax.GradientTransformation,
+                    mesh: Mesh, rules, boxed: Any = None) -> tuple[TrainState, TrainState]:
+    """The state's shapes and dtypes, and its shardings from the logical rules."""
+    if boxed is None:
+        boxed = jax.eval_shape(functools.partial(init_params, model_config=model_config),
+                               jax.random.key(0))
+    replicated = NamedSharding(mesh, P())
+    params = nn.meta.unbox(boxed)
+    p_shard = param_shardings(boxed, mesh, rules)
+    abstract_opt = jax.eval_shape(optimizer.init, params)
+    opt_shard = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, p_shard,
+                                      transform_non_params=lambda _: replicated)
+    step = jax.ShapeDtypeStruct((), np.int32)
+    return (TrainState(step, params, abstract_opt),
+            TrainState(replicated, p_shard, opt_shard))

@@ -22,6 +22,7 @@ from flax import struct
 
 from a1jax.model import ModelConfig, Transformer
 from a1jax.model.base import accum_dtype, project
+from a1jax.model.transformer import convert_layers
 from a1jax.model.moe import RouterStats
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
@@ -38,7 +39,15 @@ def init_params(key: jax.Array, model_config: ModelConfig) -> Any:
     tokens = jnp.zeros((1, 1), jnp.int32)
     # Dispatch does not change the parameters; a one-token init cannot be split over a mesh.
     config = model_config.replace(moe_dispatch="dropless")
-    return Transformer(config).init(key, tokens)["params"]
+    if not config.scan_layers:
+        return Transformer(config).init(key, tokens)["params"]
+    # The same values as without scan_layers, stacked, so that a run's numbers do not depend on
+    # the setting (nn.scan's own init would draw each repeat's weights from other keys).
+    boxes = jax.eval_shape(Transformer(config).init, key, tokens)["params"]
+    flat = nn.meta.unbox(Transformer(config.replace(scan_layers=False)).init(key, tokens))
+    values = convert_layers(flat["params"], config, stacked=True)
+    return jax.tree.map(lambda box, value: box.replace_boxed(value), boxes, values,
+                        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
 def init_state(key: jax.Array, model_config: ModelConfig,

@@ -156,6 +156,7 @@ def test_run_starts_from_a_hugging_face_directory(tmp_path):
     import jax
 
     from a1jax import experiment
+    from a1jax.model.transformer import unstack_layers
     from a1jax.train import runner
     from tests.train.runner_helpers import stage1
 
@@ -176,3 +177,14 @@ def test_run_starts_from_a_hugging_face_directory(tmp_path):
     moments = [x for x in jax.tree.leaves(state.opt_state) if x.ndim > 0]
     assert len(moments) == 2 * len(jax.tree.leaves(params))
     assert all(not np.asarray(x).any() for x in moments)
+
+    # With scan_layers the same weights arrive stacked, in the stacked layout.
+    plan = runner.check(stage1(f"init_from={tmp_path / 'hf'}", "model.scan_layers=True"),
+                        str(tmp_path / "scanned"))
+    trainer = runner.build(plan)
+    state = runner._init_state(plan, trainer, messages.append)
+    stacked = jax.tree.map(np.asarray, state.params)
+    _assert_same(unstack_layers(stacked, plan.model_config), params)
+    for leaf, sharding in zip(jax.tree.leaves(state.params),
+                              jax.tree.leaves(trainer.state_sharding.params)):
+        assert leaf.sharding == sharding

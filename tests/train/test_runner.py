@@ -9,7 +9,12 @@ import subprocess
 import jax
 import numpy as np
 import pytest
+import safetensors.numpy
 
+from a1jax import experiment
+from a1jax.convert import hf_export
+from a1jax.convert.mapping import to_hf_tensors
+from a1jax.model.transformer import unstack_layers
 from a1jax.train import runner
 from a1jax.train.checkpoint import Checkpointer
 from tests.train.runner_helpers import (REPO, assert_trees_close, cli, final_params, losses,
@@ -102,6 +107,38 @@ def test_resume_on_another_layout(reference, tmp_path):
     assert summary["status"] == "finished"
     assert any(line.startswith("stage1_foundation: resumed from step 4 ") for line in said), said
     assert_same_run(workdir, reference, tol=1e-6)
+
+
+def test_resume_with_scan_layers_then_export(reference, tmp_path):
+    """The reference's step-4 checkpoint (layer by layer) resumed with `scan_layers` for steps 5
+    and 6: the state is stacked on restore, the run goes on as the reference did, and its
+    step-6 checkpoint (stacked) exports to the tensors the same parameters give unstacked."""
+    workdir = str(tmp_path / "scanned")
+    shutil.copytree(reference, workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
+    os.remove(os.path.join(workdir, "summary.json"))
+    said = []
+    summary = runner.run(stage1("model.scan_layers=True"), workdir, report=said.append)
+    assert summary["status"] == "finished"
+    assert any(line.startswith("stage1_foundation: resumed from step 4 ") for line in said), said
+    stacked = final_params(workdir)
+    assert sorted(stacked["layers"]) == ["layers_0", "layers_1"] and "layers_0" not in stacked
+    config = experiment.model_config(stage1())
+    ours, theirs = losses(workdir), losses(reference)
+    np.testing.assert_allclose([ours[s] for s in range(1, 7)], [theirs[s] for s in range(1, 7)],
+                               rtol=1e-6)
+    assert_trees_close(unstack_layers(stacked, config), final_params(reference), atol=1e-6)
+
+    out = str(tmp_path / "hf")
+    hf_export.export(workdir, out, dtype="float32", max_shard_bytes=1 << 20)
+    expected = to_hf_tensors(stacked, config)
+    got = {}
+    for name in sorted(os.listdir(out)):
+        if name.endswith(".safetensors"):
+            got.update(safetensors.numpy.load_file(os.path.join(out, name)))
+    assert sorted(got) == sorted(expected)
+    for name, tensor in expected.items():
+        np.testing.assert_array_equal(got[name], tensor, err_msg=name)
 
 
 def _poison(at_step, vocab_size):

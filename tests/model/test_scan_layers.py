@@ -1,0 +1,79 @@
+"""`scan_layers`: the decoder as a scan over repeats of its layer pattern computes what the
+layer-by-layer decoder computes, from the same (stacked) parameters."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from a1jax.model import ConfigError, Transformer, get_preset
+from a1jax.model.transformer import stack_layers, unstack_layers
+from a1jax.train.step import init_params
+from tests.conftest import random_params
+
+TINY = get_preset("tiny")  # 4 layers: (linear, full) twice
+
+
+def test_scanned_decoder_equals_the_layer_loop():
+    config = TINY.replace(remat="full")
+    scanned = config.replace(scan_layers=True)
+    params = random_params(config)
+    stacked = stack_layers(params, scanned)
+    # The stacked form is exactly the tree the scanned model declares.
+    tokens = np.random.RandomState(0).randint(0, config.vocab_size, (2, 48)).astype(np.int32)
+    declared = jax.eval_shape(lambda: init_params(jax.random.key(0), scanned))
+    assert jax.tree.structure(jax.tree.map(lambda x: x.value.shape, declared, is_leaf=_boxed)) \
+        == jax.tree.structure(jax.tree.map(np.shape, stacked))
+    assert stacked["layers"]["layers_1"]["self_attn"]["q_proj"].shape == (2, 64, 4, 32)
+    np.testing.assert_array_equal(stacked["layers"]["layers_1"]["self_attn"]["q_proj"][1],
+                                  params["layers_3"]["self_attn"]["q_proj"])
+    jax.tree.map(np.testing.assert_array_equal, unstack_layers(stacked, scanned), params)
+
+    def loss(p, c):
+        out = Transformer(c).apply({"params": p}, tokens)
+        return jnp.mean(out.logits_btx ** 2) + jnp.sum(out.router.z_loss), out
+
+    (ref, ref_out), ref_grads = jax.jit(jax.value_and_grad(
+        lambda p: loss(p, config), has_aux=True))(params)
+    (got, out), grads = jax.jit(jax.value_and_grad(
+        lambda p: loss(p, scanned), has_aux=True))(stacked)
+    assert float(got) == pytest.approx(float(ref), rel=1e-6)
+    np.testing.assert_allclose(out.logits_btx, ref_out.logits_btx, rtol=1e-5, atol=1e-5)
+    for a, b in zip(out.router, ref_out.router):  # [layers, ...], in layer order
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    grads = unstack_layers(jax.tree.map(np.asarray, grads), scanned)
+    flat_ref = jax.tree_util.tree_flatten_with_path(ref_grads)[0]
+    for (path, r), g in zip(flat_ref, jax.tree.leaves(grads)):
+        scale = np.abs(r).max() + 1e-12
+        np.testing.assert_allclose(g / scale, np.asarray(r) / scale, atol=1e-5,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def test_scanned_init_is_the_unscanned_init_stacked():
+    key = jax.random.key(3)
+    init = lambda c: jax.jit(functools.partial(init_params, model_config=c))(key)  # noqa: E731
+    boxed = init(TINY.replace(scan_layers=True))
+    q = boxed["layers"]["layers_1"]["self_attn"]["q_proj"]
+    assert q.names == ("layers", "embed", "heads", "head_dim")  # the stacked axis is named
+    flat = jax.tree.map(np.asarray, jax.tree.map(lambda x: x.value, init(TINY),
+                                                 is_leaf=_boxed))
+    got = jax.tree.map(np.asarray, jax.tree.map(lambda x: x.value, boxed, is_leaf=_boxed))
+    jax.tree.map(np.testing.assert_array_equal, got, stack_layers(flat, TINY))
+
+
+def test_scan_layers_needs_a_repeating_pattern():
+    with pytest.raises(ConfigError) as e:
+        TINY.replace(layer_types=("linear_attention", "linear_attention", "full_attention",
+                                  "linear_attention"), scan_layers=True)
+    assert str(e.value) == ("scan_layers needs a layer pattern that repeats; layer_types "
+                            "l,l,f,l (f: full, l: linear) does not")
+    with pytest.raises(ConfigError, match="^scan_layers must be true or false, got 'False'$"):
+        TINY.replace(scan_layers="False")
+    assert TINY.layer_period == 2 and get_preset("agents_a1_35b").layer_period == 4
+
+
+def _boxed(x):
+    return hasattr(x, "names") and hasattr(x, "value")
