@@ -24,6 +24,11 @@ state, saved activations and collectives; the embedding, head and loss are the c
 `--layers full` compiles the whole model instead; tests/test_plan.py checks the extrapolation
 against a full compile.
 
+With `--set model.scan_layers=True` the step's program holds one repeat of the pattern in a
+loop whatever the depth, so it is compiled whole (the 35B's in a minute, where its 40 layers
+one by one take six): peak and temp are its own. XLA's cost analysis counts a loop body once,
+so TFLOP and collectives come from the same model layer by layer, as above.
+
 The figures are the CPU backend's: XLA:GPU fuses differently and this code base picks other
 kernels there (`ragged_dot` grouped matmuls, where the CPU runs a block loop that gathers each
 block's expert weights; cuDNN attention when asked), so temporaries are an upper bound of what
@@ -146,15 +151,6 @@ def layout_plan(config, layout: str, num_devices: int):
     return runner.check(c, os.devnull, num_devices=num_devices, check_init=False)
 
 
-def pattern_period(layer_types: Sequence[str]) -> int:
-    """The shortest prefix whose repetition is the layer pattern (4 for 3 DeltaNet + 1 full)."""
-    n = len(layer_types)
-    for p in range(1, n + 1):
-        if n % p == 0 and tuple(layer_types[:p]) * (n // p) == tuple(layer_types):
-            return p
-    return n
-
-
 def _max_microbatches(config, spec) -> int:
     from a1jax.sharding.mesh import _axes_of, logical_spec
     batch_axes = _axes_of(logical_spec(("act_batch",), spec.rules)[0])
@@ -232,11 +228,24 @@ def plan_layout(config, layout: str, num_devices: int, *, microbatches: str = ""
     row.mesh, row.microbatches = plan.spec.describe(), c.microbatches
     devices = jax.devices()[:num_devices]
     depth = plan.model_config.num_hidden_layers
-    period = pattern_period(plan.model_config.layer_types)
+    period = plan.model_config.layer_period
+    scanned = plan.model_config.scan_layers
     try:
-        if layers == "full" or depth <= 2 * period:
+        if scanned:
+            # XLA's cost analysis and the HLO text hold a loop's body once, so the layer scan's
+            # FLOPs and collectives come from the same model layer by layer (below), and its
+            # memory from the scanned program, compiled whole (its code is one repeat deep).
+            trainer, compiled = compile_step(plan, devices)
+            memory = _measure(compiled)
+            del compiled
+            plan = dataclasses.replace(
+                plan, model_config=plan.model_config.replace(scan_layers=False))
+        if (layers == "full" or depth <= 2 * period) and not scanned:
             trainer, compiled = compile_step(plan, devices)
             figures, row.layers = _measure(compiled), str(depth)
+        elif layers == "full" or depth <= 2 * period:
+            _, compiled = compile_step(plan, devices)
+            figures, row.layers = _measure(compiled), f"{depth} (scanned)"
         else:
             la, lb = (period, 2 * period) if layers == "auto" else map(int, layers.split(","))
             if not 0 < la < lb <= depth or la % period or lb % period:
@@ -249,7 +258,12 @@ def plan_layout(config, layout: str, num_devices: int, *, microbatches: str = ""
             b = _measure(large)
             del large
             figures, row.layers = _extrapolate(a, b, la, lb, depth), f"{la},{lb}->{depth}"
-            trainer = runner.build(plan, devices=devices)  # the full model's state shardings
+            if scanned:
+                row.layers = f"{depth} (scanned; FLOPs and collectives {la},{lb}->{depth})"
+            else:
+                trainer = runner.build(plan, devices=devices)  # the full model's state shardings
+        if scanned:
+            figures.update(peak=memory["peak"], temp=memory["temp"])
     except A1Error as e:
         row.error = str(e)
         return row
@@ -402,9 +416,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = [f"Per device, {args.target} ({_gb(capacity)} GiB usable, fits = peak <= "
              f"{1 - args.headroom:.0%} of it); collectives: count / result bytes in the "
              "compiled program."]
+    if any("scanned" in r.layers for r in rows):
+        notes.append("scan_layers: peak and temp are the scanned program's, compiled whole; "
+                     "TFLOP and collectives are the same model's compiled layer by layer (a "
+                     "loop's body counts once in XLA's cost analysis).")
+        layers = {r.layers.split("collectives ")[-1].rstrip(")") for r in rows
+                  if "->" in r.layers}
     if layers:
+        what = "TFLOP, collectives" if any("scanned" in r.layers for r in rows) else \
+            "peak, temp, TFLOP, collectives"
         notes.append(f"Compiled at {', '.join(sorted(layers))} layers and extrapolated "
-                     "linearly (peak, temp, TFLOP, collectives); params and optimizer exact.")
+                     f"linearly ({what}); params and optimizer exact.")
     print("\n".join(lines + [""] + notes))
     if args.out:
         os.makedirs(args.out, exist_ok=True)

@@ -64,8 +64,9 @@ def test_collectives_follow_the_layout(devices):
 
 def test_extrapolation_matches_a_full_compile(devices):
     """tiny at 6 layers (period 2): compiled at 2 and 4 layers and extrapolated, against the
-    whole 6-layer compile."""
-    c = config("tiny", "model.extra=num_hidden_layers=6,layer_types=null", "batch_size=8", "seq_len=256")
+    whole 6-layer compile; and the same model planned with scan_layers."""
+    sets = ("model.extra=num_hidden_layers=6,layer_types=null", "batch_size=8", "seq_len=256")
+    c = config("tiny", *sets)
     full = plan.plan_layout(c, "expert_sequence", 8, layers="full")
     line = plan.plan_layout(c, "expert_sequence", 8, layers="2,4")
     assert full.layers == "6" and line.layers == "2,4->6", (full.error, line.error)
@@ -75,6 +76,16 @@ def test_extrapolation_matches_a_full_compile(devices):
     for op, (count, size) in full.collectives.items():
         assert line.collectives[op][0] == pytest.approx(count, abs=2), op
         assert line.collectives[op][1] == pytest.approx(size, rel=0.05, abs=1024), op
+
+    # Under scan_layers the layer loop's body counts once in XLA's cost analysis: the row's
+    # FLOPs and collectives are this layer-by-layer extrapolation, its memory the scanned
+    # program's own (compiled whole).
+    scanned = plan.plan_layout(config("tiny", *sets, "model.scan_layers=True"),
+                               "expert_sequence", 8, layers="2,4")
+    assert scanned.layers == "6 (scanned; FLOPs and collectives 2,4->6)", scanned.error
+    assert (scanned.params, scanned.optimizer) == (line.params, line.optimizer)
+    assert (scanned.flops, scanned.collectives) == (line.flops, line.collectives)
+    assert scanned.temp not in (line.temp, full.temp) and scanned.peak > scanned.temp
 
 
 def test_collectives_parse_async_and_tuples():
