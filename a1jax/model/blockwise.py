@@ -72,6 +72,19 @@ def blockwise_attention(q_bthk: jax.Array, k_bsnk: jax.Array, v_bsnk: jax.Array,
     return out.reshape(b, t + pad_q, h, k)[:, :t]
 
 
+def _loop(lower: int, upper: int, body, init):
+    """`lax.fori_loop(lower, upper, body, init)` as a while loop. With static bounds fori_loop
+    is a scan, and inside another scan (the decoder's, under `scan_layers`) JAX's partial
+    evaluation linearised these loops although the custom_vjp never needs them, stacking every
+    tile's intermediates as residuals: at 131K tokens, 320 GiB per device. A while loop cannot
+    be linearised, so only the residuals of the hand-written backward remain."""
+    def step(carry):
+        i, value = carry
+        return i + 1, body(i, value)
+    return jax.lax.while_loop(lambda carry: carry[0] < upper, step,
+                              (jnp.asarray(lower, jnp.int32), init))[1]
+
+
 def _keys(k, v, kv_runs, kv_idx, block_size, axis):
     """The whole key side, gathered over `axis` if given, padded to whole blocks, K and V
     head-major ([b, n, s, k]): key padding gets index _FAR, later than every query, so nobody
@@ -163,7 +176,7 @@ def _forward(q, k, v, q_runs, kv_runs, q_idx, kv_idx, bq, bk):
 
         init = (jnp.full((b, n, bq), _NEG, f32), jnp.zeros((b, n, bq), f32),
                 jnp.zeros((b, n, bq, dk), f32))
-        m, l, acc = jax.lax.fori_loop(0, nk, tile, init)
+        m, l, acc = _loop(0, nk, tile, init)
         seen = l > 0  # only block padding sees nothing (every real token sees itself)
         out_i = (acc / jnp.where(seen, l, 1.0)[..., None]).astype(out.dtype)
         lse_i = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
@@ -171,7 +184,7 @@ def _forward(q, k, v, q_runs, kv_runs, q_idx, kv_idx, bq, bk):
                 jax.lax.dynamic_update_slice_in_dim(lse, lse_i, i * bq, axis=2))
 
     init = (jnp.zeros((b, n, t, dk), v.dtype), jnp.zeros((b, n, t), f32))
-    return jax.lax.fori_loop(0, nq, query_block, init)
+    return _loop(0, nq, query_block, init)
 
 
 def _backward(q, k, v, q_runs, kv_runs, q_idx, kv_idx, out, lse, d_out, bq, bk):
@@ -211,12 +224,12 @@ def _backward(q, k, v, q_runs, kv_runs, q_idx, kv_idx, out, lse, d_out, bq, bk):
             return _by_kind(kinds[i, j], compute, carry)
 
         zeros = jnp.zeros(k_j.shape, f32)
-        dk_j, dv_j, dq = jax.lax.fori_loop(0, nq, tile, (zeros, zeros, dq))
+        dk_j, dv_j, dq = _loop(0, nq, tile, (zeros, zeros, dq))
         update = lambda a, a_j: jax.lax.dynamic_update_slice_in_dim(a, a_j, j * bk, axis=2)
         return dq, update(dk_all, dk_j), update(dv_all, dv_j)
 
     init = (jnp.zeros(q.shape, f32), jnp.zeros(k.shape, f32), jnp.zeros(v.shape, f32))
-    return jax.lax.fori_loop(0, nk, key_block, init)
+    return _loop(0, nk, key_block, init)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
