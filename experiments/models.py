@@ -17,17 +17,20 @@ MODELS = {
     "tiny": dict(
         # The shipped demo tokenizer has 4096 tokens (the preset's 512 is for unit tests).
         vocab_size=4096, dtype="float32", moe_dispatch="expert_parallel", remat="none",
-        layout="", axes="data=2,expert=2,sequence=2", init_from="",
+        scan_layers=False, layout="", axes="data=2,expert=2,sequence=2", init_from="",
     ),
     "bench": dict(
         vocab_size=4096, dtype="float32", moe_dispatch="dropless", remat="none",
-        layout="fsdp", axes="", init_from="",
+        scan_layers=False, layout="fsdp", axes="", init_from="",
     ),
     "agents_a1_35b": dict(
         # bf16 compute (fp32 master weights and Adam state, sharded FSDP-style over all 8 GPUs),
-        # every decoder layer rematerialised: at 131K tokens activations dominate memory.
+        # every decoder layer rematerialised: at 131K tokens activations dominate memory. The
+        # decoder scanned over its ten repeats of 3 DeltaNet + 1 attention layer: planned on
+        # the CPU, stage 3's step compiles in 98 s instead of 394 s and needs 110 GiB of
+        # temporaries per device instead of 742 (docs/planner.md).
         vocab_size=None, dtype="bfloat16", moe_dispatch="expert_parallel", remat="full",
-        layout="expert_sequence", axes="", init_from=QWEN35_35B_A3B,
+        scan_layers=True, layout="expert_sequence", axes="", init_from=QWEN35_35B_A3B,
     ),
 }
 
@@ -41,6 +44,7 @@ def apply(config: ml_collections.ConfigDict, model: str) -> None:
     config.model.dtype = m["dtype"]
     config.model.moe_dispatch = m["moe_dispatch"]
     config.model.remat = m["remat"]
+    config.model.scan_layers = m["scan_layers"]
     config.mesh.layout = m["layout"]
     config.mesh.axes = m["axes"]
     config.init_from = m["init_from"]

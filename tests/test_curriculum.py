@@ -77,11 +77,15 @@ def test_stage_files_validate_at_35b_on_8_devices(stage, tmp_path):
     trainer = runner.build(plan)
     state = trainer.abstract_state()
     assert sum(math.prod(x.shape) for x in jax.tree.leaves(state.params)) == 34_660_610_688
+    # The decoder scanned over its ten repeats of the layer pattern (stacked parameters).
+    assert plan.model_config.scan_layers and sorted(state.params["layers"]) == [
+        "layers_0", "layers_1", "layers_2", "layers_3"]
+    assert state.params["layers"]["layers_3"]["self_attn"]["q_proj"].shape[0] == 10
     # Every matrix is split over the 8 devices (FSDP + experts): none is replicated.
     shardings = jax.tree.leaves(trainer.state_sharding.params)
     for (path, leaf), sharding in zip(jax.tree_util.tree_flatten_with_path(state.params)[0],
                                       shardings):
-        if leaf.ndim >= 2:
+        if leaf.ndim - (path[0].key == "layers") >= 2:  # not counting the stacked axis
             assert sharding.num_devices == 8 and not sharding.is_fully_replicated, path
     assert config.seq_len == {"stage1_foundation": 32_768, "stage2_trajectory_extension": 65_536,
                               "stage3_frontier_hardening": 131_072}[stage]

@@ -29,8 +29,8 @@ def _build(config=TINY, batch=8, seq=32, microbatches=1, **spec):
                           "expert_sequence, sequence, data_expert_sequence"),
     (dict(axes={"data": 8}, rules=[("experts", "expert")]),
      "rules override names unknown logical axis 'experts'; known: act_batch, act_embed, "
-     "act_seq, act_tokens, conv_window, embed, exp, head_dim, heads, kv_heads, linear_conv, "
-     "linear_heads, mlp, mlp_moe, router, vocab"),
+     "act_seq, act_tokens, conv_window, embed, exp, head_dim, heads, kv_heads, layers, "
+     "linear_conv, linear_heads, mlp, mlp_moe, router, vocab"),
     (dict(axes={"data": 8}, rules=[("exp", "model")]),
      "rules override maps 'exp' to unknown mesh axis 'model'"),
     (dict(axes={"data": 8}, batch=4), "batch 4 cannot be split into 1 microbatch(es) over mesh "
