@@ -18,12 +18,13 @@ TINY = get_preset("tiny")  # 4 layers: (linear, full) twice
 
 
 def test_scanned_decoder_equals_the_layer_loop():
-    config = TINY.replace(remat="full")
-    scanned = config.replace(scan_layers=True)
-    params = random_params(config)
+    """Logits and router statistics from the same parameters, stacked; the gradients are
+    checked on a mesh, with remat, in tests/train/test_layouts.py."""
+    scanned = TINY.replace(scan_layers=True)
+    params = random_params(TINY)
     stacked = stack_layers(params, scanned)
     # The stacked form is exactly the tree the scanned model declares.
-    tokens = np.random.RandomState(0).randint(0, config.vocab_size, (2, 48)).astype(np.int32)
+    tokens = np.random.RandomState(0).randint(0, TINY.vocab_size, (2, 48)).astype(np.int32)
     declared = jax.eval_shape(lambda: init_params(jax.random.key(0), scanned))
     assert jax.tree.structure(jax.tree.map(lambda x: x.value.shape, declared, is_leaf=_boxed)) \
         == jax.tree.structure(jax.tree.map(np.shape, stacked))
@@ -32,25 +33,12 @@ def test_scanned_decoder_equals_the_layer_loop():
                                   params["layers_3"]["self_attn"]["q_proj"])
     jax.tree.map(np.testing.assert_array_equal, unstack_layers(stacked, scanned), params)
 
-    def loss(p, c):
-        out = Transformer(c).apply({"params": p}, tokens)
-        return jnp.mean(out.logits_btx ** 2) + jnp.sum(out.router.z_loss), out
-
-    (ref, ref_out), ref_grads = jax.jit(jax.value_and_grad(
-        lambda p: loss(p, config), has_aux=True))(params)
-    (got, out), grads = jax.jit(jax.value_and_grad(
-        lambda p: loss(p, scanned), has_aux=True))(stacked)
-    assert float(got) == pytest.approx(float(ref), rel=1e-6)
-    np.testing.assert_allclose(out.logits_btx, ref_out.logits_btx, rtol=1e-5, atol=1e-5)
-    for a, b in zip(out.router, ref_out.router):  # [layers, ...], in layer order
+    ref = jax.jit(lambda p: Transformer(TINY).apply({"params": p}, tokens))(params)
+    out = jax.jit(lambda p: Transformer(scanned).apply({"params": p}, tokens))(stacked)
+    np.testing.assert_allclose(out.logits_btx, ref.logits_btx, rtol=1e-5, atol=1e-5)
+    for a, b in zip(out.router, ref.router):  # [layers, ...], in layer order
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    grads = unstack_layers(jax.tree.map(np.asarray, grads), scanned)
-    flat_ref = jax.tree_util.tree_flatten_with_path(ref_grads)[0]
-    for (path, r), g in zip(flat_ref, jax.tree.leaves(grads)):
-        scale = np.abs(r).max() + 1e-12
-        np.testing.assert_allclose(g / scale, np.asarray(r) / scale, atol=1e-5,
-                                   err_msg=jax.tree_util.keystr(path))
 
 
 def test_scanned_init_is_the_unscanned_init_stacked():

@@ -62,10 +62,12 @@ def test_layout_matches_single_device(name, reference, devices):
 
 
 def test_scanned_layers_match_single_device(reference, devices):
-    """The decoder scanned over its layer pattern, on data 2 x expert 2 x sequence 2 (expert-
-    parallel dispatch and context-parallel layers inside the scan), against the reference."""
+    """The decoder scanned over its layer pattern, every layer rematerialised, on data 2 x
+    expert 2 x sequence 2 (expert-parallel dispatch and context-parallel layers inside the
+    scan), against the reference."""
     params, batch, ref_loss, ref_grads = reference
-    config = dataclasses.replace(TINY, moe_dispatch="expert_parallel", scan_layers=True)
+    config = dataclasses.replace(TINY, moe_dispatch="expert_parallel", scan_layers=True,
+                                 remat="full")
     axes = {"data": 2, "expert": 2, "sequence": 2}
     loss, grads, placed, _ = sharded_grads(config, MeshSpec.create(axes=axes),
                                            stack_layers(params, config), batch)
@@ -85,7 +87,8 @@ def test_scanned_layers_match_single_device(reference, devices):
     assert shard(stacked["layers_1"]["self_attn"]["q_proj"]) == (2,) + q_shard
     # Back to layer by layer (a stacked checkpoint restored into a run without scan_layers):
     # the same values, laid out as that run's trainer lays them.
-    loop = build_trainer(dataclasses.replace(config, scan_layers=False), OptimConfig(),
+    loop = build_trainer(dataclasses.replace(config, scan_layers=False, remat="none"),
+                         OptimConfig(),
                          MeshSpec.create(axes=axes), batch=B, seq=T)
     unstacked = loop.to_layer_form(placed)
     jax.tree.map(lambda got, want: np.testing.assert_array_equal(np.asarray(got), want),
