@@ -241,8 +241,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
 # values of these loads, and a resumed run may change them.
 COMPUTE_FIELDS = frozenset({
     "dtype", "deltanet_chunk_size", "deltanet_impl", "moe_dispatch", "moe_capacity_factor",
-    "remat", "scan_layers", "attention_impl", "attention_block_size", "context_parallel", "loss_chunk_size",
-    "eos_token_id",
+    "remat", "scan_layers", "attention_impl", "attention_block_size", "context_parallel",
+    "loss_chunk_size", "eos_token_id",
     "initializer_range", "router_aux_loss_coef", "max_position_embeddings", "rope_type",
     "rope_factor", "rope_original_max_position_embeddings", "rope_beta_fast", "rope_beta_slow"})
 

@@ -5,9 +5,10 @@ official Qwen3.5 checkpoints), generation_config.json and the tokenizer with the
 a1jax trained with. Parameters are restored one leaf at a time and streamed into the shard being
 written (`safetensors_stream`), the fused `experts.gate_up_proj` one expert at a time, so memory
 stays near the largest tensor whatever the model size (for a checkpoint written with
-`scan_layers`, near two stacked leaves: a parameter's every repeat of the layer pattern). With `source` (the Hugging Face directory
-stage 1 started from) the tensors a1jax does not train (vision tower, MTP layer) are copied
-unchanged and the output keeps the source's layout and config: a drop-in replacement.
+`scan_layers`, near two stacked leaves: a parameter's every repeat of the layer pattern). With
+`source` (the Hugging Face directory stage 1 started from) the tensors a1jax does not train
+(vision tower, MTP layer) are copied unchanged and the output keeps the source's layout and
+config: a drop-in replacement.
 
 Everything is written into a hidden sibling directory renamed into place at the end: an
 interrupted export never looks complete. In a multi-process job every process calls `export`;

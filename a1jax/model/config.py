@@ -279,8 +279,8 @@ class ModelConfig:
 _NOT_HF = frozenset({"rope_type", "rope_factor", "rope_original_max_position_embeddings",
                      "rope_beta_fast", "rope_beta_slow",
                      "dtype", "deltanet_chunk_size", "deltanet_impl", "moe_dispatch",
-                     "moe_capacity_factor", "remat", "scan_layers", "rope_theta", "partial_rotary_factor",
-                     "attention_impl", "attention_block_size", "context_parallel",
+                     "moe_capacity_factor", "remat", "scan_layers", "rope_theta",
+                     "partial_rotary_factor", "attention_impl", "attention_block_size", "context_parallel",
                      "loss_chunk_size"})
 _HF_REQUIRED = (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",

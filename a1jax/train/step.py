@@ -22,8 +22,8 @@ from flax import struct
 
 from a1jax.model import ModelConfig, Transformer
 from a1jax.model.base import accum_dtype, project
-from a1jax.model.transformer import convert_layers
 from a1jax.model.moe import RouterStats
+from a1jax.model.transformer import convert_layers
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
 
