@@ -24,9 +24,10 @@ state, saved activations and collectives; the embedding, head and loss are the c
 `--layers full` compiles the whole model instead; tests/test_plan.py checks the extrapolation
 against a full compile.
 
-With `--set model.scan_layers=True` the step's program holds one repeat of the pattern in a
-loop whatever the depth, so it is compiled whole (the 35B's in a minute, where its 40 layers
-one by one take six): peak and temp are its own. XLA's cost analysis counts a loop body once,
+With `scan_layers` (agents_a1_35b's setting; `--set model.scan_layers=false` plans it layer by
+layer) the step's program holds one repeat of the pattern in a loop whatever the depth, so it
+is compiled whole (the 35B's in one to two minutes, where its 40 layers one by one take six
+and a half): peak and temp are its own. XLA's cost analysis counts a loop body once,
 so TFLOP and collectives come from the same model layer by layer, as above.
 
 The figures are the CPU backend's: XLA:GPU fuses differently and this code base picks other
