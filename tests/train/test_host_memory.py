@@ -1,5 +1,5 @@
 """The CPU step's temporary buffer is reused from one run to the next (a1jax/host_memory.py):
-no page faults on the second run, where JAX and glibc's defaults fault every page in again."""
+no page faults on later runs, where JAX and glibc's defaults fault every page in again."""
 
 import json
 import os
@@ -18,11 +18,13 @@ PROBE = textwrap.dedent("""
     x = jnp.ones((2048, 4096), jnp.float32)
     compiled = jax.jit(lambda x: jnp.sum(jnp.cumsum(x, axis=0) * x)).lower(x).compile()
     compiled(x).block_until_ready()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    compiled(x).block_until_ready()
+    faults = []  # minor page faults of each later run
+    for _ in range(5):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        compiled(x).block_until_ready()
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     print(json.dumps({"temp_pages": compiled.memory_analysis().temp_size_in_bytes // 4096,
-                      "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before,
-                      "applied": a1jax.host_memory.applied}))
+                      "faults": sorted(faults), "applied": a1jax.host_memory.applied}))
 """)
 
 
@@ -38,10 +40,14 @@ def test_second_run_reuses_the_temporary_buffer():
     kept = _probe("1")
     assert kept["applied"] is True
     assert kept["temp_pages"] > 16_000  # a 64 MiB cumsum: above glibc's largest mmap threshold
-    assert kept["faults"] < kept["temp_pages"] // 20
+    # The median of five runs. In CI (two busy cores) a single second run once faulted its whole
+    # buffer in (16,965 faults for 16,932 pages), which 60 runs here under load never did; most
+    # likely another allocation split the freed block, so that the buffer came from a new one,
+    # kept from then on. One such run passes; a heap that is not kept faults every run.
+    assert kept["faults"][2] < kept["temp_pages"] // 20, kept
     default = _probe("0")
     assert default["applied"] is False
-    assert default["faults"] > default["temp_pages"] // 2
+    assert default["faults"][2] > default["temp_pages"] // 2, default
 
 
 @pytest.mark.parametrize("platforms, expected", [
