@@ -2,7 +2,6 @@
 accumulated microbatches, packed or not, give the same loss and the same update."""
 
 import dataclasses
-import functools
 
 import jax
 import numpy as np
@@ -12,7 +11,6 @@ from a1jax.model import get_preset
 from a1jax.sharding import MeshSpec
 from a1jax.train.optim import OptimConfig
 from a1jax.train.sharded import build_trainer
-from a1jax.train.step import accumulate_grads
 from tests.conftest import random_params
 from tests.train.helpers import make_batch
 
@@ -20,7 +18,9 @@ from tests.train.helpers import make_batch
 # not invariant to accumulation; it is switched off here to compare the normalisation exactly.
 TINY = dataclasses.replace(get_preset("tiny"), router_aux_loss_coef=0.0)
 # Adam's first update is lr * g / (|g| + eps), a sign for |g| >> eps: a large eps keeps the
-# update proportional to the gradient, so that comparing updates compares gradients.
+# update proportional to the gradient, so that comparing updates compares gradients: where
+# |g| << eps a gradient 1e-6 apart moves the update by lr / eps * 1e-6 = 1e-5, twice the bound
+# below (summation order alone moved one element of 32,768 by 1.1e-6).
 OPTIM = OptimConfig(learning_rate=1e-2, warmup_fraction=0.0, total_steps=10, eps=1e-3)
 
 
@@ -32,13 +32,7 @@ def _step(batch, microbatches, spec=None):
                                                   * spec.axes["sequence"]])
     state = trainer.state_from_params(jax.device_put(random_params(TINY, seed=7),
                                                      trainer.state_sharding.params))
-    with trainer.context():
-        grads, _ = jax.jit(functools.partial(accumulate_grads, model_config=TINY,
-                                             microbatches=microbatches))(
-            state.params, trainer.put_batch(batch))
-    grads = jax.tree.map(np.asarray, grads)
     new_state, metrics = trainer.step(state, trainer.put_batch(batch))
-    metrics["grads"] = grads
     return float(metrics["loss"]), jax.tree.map(np.asarray, new_state.params), metrics
 
 
@@ -60,10 +54,9 @@ def test_accumulation_and_packing_leave_loss_and_update_unchanged():
     for batch, micro in ((packed, 4), (unpacked, 1), (unpacked, 4)):
         loss, params, metrics = _step(batch, micro)
         assert loss == pytest.approx(ref_loss, rel=1e-6)
-        for a, b in zip(jax.tree.leaves(metrics["grads"]), jax.tree.leaves(ref_metrics["grads"])):
-            np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max(), rtol=1e-4)
+        assert float(metrics["trained_tokens"]) == float(ref_metrics["trained_tokens"])
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
-            np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+            np.testing.assert_allclose(a, b, atol=5e-6, rtol=0)
 
 
 def test_update_moves_parameters():
