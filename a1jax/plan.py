@@ -60,9 +60,8 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 
 _SHAPE = re.compile(r"(\w+)\[([\d,]*)\]")
 _OP = re.compile(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
 # Only LLVM's work on the CPU executable: no effect on XLA's HLO passes, buffer assignment or
-# cost analysis (checked: identical memory and FLOPs), a quarter less compile time. The tests
-# compile with it too (tests/conftest.py).
-FAST_CODEGEN = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# cost analysis (checked: identical memory and FLOPs), a quarter less compile time.
+_FAST_CODEGEN = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 class PlanError(A1Error):
@@ -96,7 +95,7 @@ def setup_host(devices: int) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags)
     os.environ["XLA_FLAGS"] = (f"{flags} --xla_force_host_platform_device_count={devices} "
-                               f"{FAST_CODEGEN}").strip()
+                               f"{_FAST_CODEGEN}").strip()
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 

@@ -3,17 +3,10 @@
 import functools
 import os
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-from a1jax.plan import FAST_CODEGEN  # noqa: E402  (starts no JAX backend)
-
-# Must be set before jax initialises its backends. Most of the suite's time is XLA compiling;
-# FAST_CODEGEN leaves XLA's own passes (the program, its buffers) as they are and lightens
-# LLVM's (test_accumulation and test_long_sequence: 254 -> 210 s, the 32K-token step no slower
-# to run). Subprocesses that set their own XLA_FLAGS (the benchmark, the launch scripts)
-# compile as a user's run does.
+# Must be set before jax initialises its backends.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + f" --xla_force_host_platform_device_count=8 {FAST_CODEGEN}").strip()
+                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One compilation cache for the session (and the subprocesses it starts): the runner tests
 # compile the same tiny train step many times, in process and out.
