@@ -25,6 +25,15 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+def tiny_two_layers():
+    """`tiny` cut to its first two layers, one DeltaNet and one attention: for the tests whose
+    subject does not depend on depth (what a compiled step gathers or sends, the loss's
+    normalisation and chunking), which it compiles in about two thirds of `tiny`'s time. Layer
+    order and stacking, resume and parity keep the four layers."""
+    from a1jax.model import get_preset
+    return get_preset("tiny").replace(num_hidden_layers=2, layer_types=None)
+
+
 def random_params(config, seed: int = 0, noise: float = 0.05) -> dict:
     """An a1jax params tree (numpy float32) from the model's init, with every tensor perturbed so
     that zero-initialised norms and unit gates are exercised by parity tests too."""

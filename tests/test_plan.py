@@ -52,13 +52,14 @@ def test_collectives_follow_the_layout(devices):
     """Expert parallel moves tokens with all-to-all inside the dispatch; pure FSDP with dropless
     experts has no all-to-all at all (each device dispatches its own tokens), and gathers its
     sharded weights instead."""
-    c = config("tiny", "model.moe_dispatch=dropless")
+    two = "model.extra=num_hidden_layers=2,layer_types=null"  # depth does not matter here
+    c = config("tiny", two, "model.moe_dispatch=dropless")
     fsdp = plan.compile_step(plan.layout_plan(c, "fsdp", 8), devices)[1].as_text()
-    c = config("tiny", "model.moe_dispatch=expert_parallel")
+    c = config("tiny", two, "model.moe_dispatch=expert_parallel")
     expert = plan.compile_step(plan.layout_plan(c, "expert", 8), devices)[1].as_text()
     dispatch = lambda hlo: plan.collectives(hlo, where="all_to_all")["all-to-all"][0]
     assert plan.collectives(fsdp)["all-to-all"][0] == 0  # none at all: tokens never move
-    assert dispatch(expert) >= 2 * 4  # there and back, in each of the 4 layers (plus backward)
+    assert dispatch(expert) >= 2 * 2  # there and back, in each of the 2 layers (plus backward)
     assert plan.collectives(fsdp)["all-gather"][0] > 0
 
 

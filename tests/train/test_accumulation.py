@@ -7,16 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from a1jax.model import get_preset
 from a1jax.sharding import MeshSpec
 from a1jax.train.optim import OptimConfig
 from a1jax.train.sharded import build_trainer
-from tests.conftest import random_params
+from tests.conftest import random_params, tiny_two_layers
 from tests.train.helpers import make_batch
 
 # The load-balancing loss is computed per microbatch (as in transformers and MaxText), so it is
 # not invariant to accumulation; it is switched off here to compare the normalisation exactly.
-TINY = dataclasses.replace(get_preset("tiny"), router_aux_loss_coef=0.0)
+TINY = dataclasses.replace(tiny_two_layers(), router_aux_loss_coef=0.0)
 # Adam's first update is lr * g / (|g| + eps), a sign for |g| >> eps: a large eps keeps the
 # update proportional to the gradient, so that comparing updates compares gradients: where
 # |g| << eps a gradient 1e-6 apart moves the update by lr / eps * 1e-6 = 1e-5, twice the bound

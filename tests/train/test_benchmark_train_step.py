@@ -11,8 +11,8 @@ import pytest
 from tests.train.runner_helpers import REPO
 
 SCRIPT = os.path.join(REPO, "benchmarks", "train_step.py")
-BASE = ["--model", "tiny", "--batch", "2", "--seq", "64", "--steps", "1", "--mesh", "data=2",
-        "--devices", "2"]
+BASE = ["--model", "tiny", "--layers", "2", "--batch", "2", "--seq", "64", "--steps", "1",
+        "--mesh", "data=2", "--devices", "2"]
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:

@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from a1jax.model import get_preset
 from a1jax.sharding import MeshSpec
 from a1jax.train.optim import OptimConfig
 from a1jax.train.sharded import build_trainer
 from a1jax.train.step import chunked_cross_entropy_sum, cross_entropy_sum
+from tests.conftest import tiny_two_layers
 from tests.train.helpers import make_batch
 
 
@@ -35,7 +35,7 @@ def test_chunked_cross_entropy_equals_full_logits():
 
 
 def test_train_step_loss_chunked_on_a_sequence_mesh():
-    config = get_preset("tiny").replace(moe_dispatch="dropless")
+    config = tiny_two_layers().replace(moe_dispatch="dropless")
     batch = make_batch(config.vocab_size, batch=2, seq=256, seed=3, segments=2)
     losses = []
     for chunk, axes, devices in ((0, {"data": 1}, 1), (64, {"sequence": 4, "data": 2}, 8)):

@@ -13,10 +13,11 @@ from a1jax.model import get_preset
 from a1jax.sharding import MeshSpec
 from a1jax.train.optim import OptimConfig
 from a1jax.train.sharded import build_trainer
-from tests.conftest import random_params
+from tests.conftest import random_params, tiny_two_layers
 from tests.train.helpers import make_batch, sharded_grads
 
 TINY = get_preset("tiny")
+SHALLOW = tiny_two_layers()  # for the compile-only checks
 # Segments crossing shard boundaries, starting mid-shard, a 1-token one, and padding.
 LENGTHS = (7, 20, 1, 12, 18, 6)
 SEGMENT_IDS = np.repeat([1, 2, 3, 4, 5, 0], LENGTHS)
@@ -90,21 +91,21 @@ def _full_length_hidden_gathers(hlo: str, batch: int, seq: int, hidden: int) -> 
 
 def test_sequence_parallel_step_gathers_only_kv(devices):
     b, t = 2, 1024  # t and b * t differ from every parameter dimension of `tiny`
-    hlo = _compiled(TINY, {"sequence": 8}, b, t).as_text()
-    assert not _full_length_hidden_gathers(hlo, b, t, TINY.hidden_size)
-    kv = f"f32[{b},{t},{TINY.num_key_value_heads},{TINY.head_dim}]"
+    hlo = _compiled(SHALLOW, {"sequence": 8}, b, t).as_text()
+    assert not _full_length_hidden_gathers(hlo, b, t, SHALLOW.hidden_size)
+    kv = f"f32[{b},{t},{SHALLOW.num_key_value_heads},{SHALLOW.head_dim}]"
     assert len(re.findall(re.escape(kv) + r"[^=\n]* all-gather\(", hlo)) >= 1
     # The check has teeth: leaving the split to XLA gathers full-length hidden activations.
-    xla = _compiled(dataclasses.replace(TINY, context_parallel=False), {"sequence": 8}, b, t)
-    assert _full_length_hidden_gathers(xla.as_text(), b, t, TINY.hidden_size)
+    xla = _compiled(dataclasses.replace(SHALLOW, context_parallel=False), {"sequence": 8}, b, t)
+    assert _full_length_hidden_gathers(xla.as_text(), b, t, SHALLOW.hidden_size)
 
 
 @pytest.mark.slow
 def test_memory_follows_tokens_per_device(devices):
     """sequence = 8 at 65,536 tokens vs one device at 8,192: the same tokens per device, and
     within 1.3x the compiled temporary memory (compile only)."""
-    one = _compiled(TINY, {"data": 1}, 1, 8192).memory_analysis().temp_size_in_bytes
-    eight = _compiled(TINY, {"sequence": 8}, 1, 65536).memory_analysis().temp_size_in_bytes
+    one = _compiled(SHALLOW, {"data": 1}, 1, 8192).memory_analysis().temp_size_in_bytes
+    eight = _compiled(SHALLOW, {"sequence": 8}, 1, 65536).memory_analysis().temp_size_in_bytes
     assert eight <= 1.3 * one, (eight / 2**20, one / 2**20)
 
 

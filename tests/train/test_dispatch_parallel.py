@@ -9,10 +9,11 @@ import pytest
 
 from a1jax.model import get_preset
 from a1jax.sharding import MeshSpec
-from tests.conftest import random_params
+from tests.conftest import random_params, tiny_two_layers
 from tests.train.helpers import make_batch, sharded_grads
 
 TINY = get_preset("tiny")
+SHALLOW = tiny_two_layers()  # for the compile-only checks
 
 
 def test_dispatch_strategies_agree_on_expert_mesh(devices):
@@ -45,9 +46,9 @@ def _compiled_step_text(config, spec, batch_size=8, seq=32):
 
 def test_expert_parallel_step_contains_all_to_all(devices):
     spec = MeshSpec.create(axes={"expert": 8})
-    ep = _compiled_step_text(dataclasses.replace(TINY, moe_dispatch="expert_parallel"), spec)
-    local = _compiled_step_text(dataclasses.replace(TINY, moe_dispatch="dropless"), spec)
-    assert ep.count("all-to-all(") >= 4 * TINY.num_hidden_layers  # two each way, fwd and bwd
+    ep = _compiled_step_text(dataclasses.replace(SHALLOW, moe_dispatch="expert_parallel"), spec)
+    local = _compiled_step_text(dataclasses.replace(SHALLOW, moe_dispatch="dropless"), spec)
+    assert ep.count("all-to-all(") >= 4 * SHALLOW.num_hidden_layers  # two each way, fwd and bwd
     assert "all-to-all(" not in local
 
 
@@ -91,7 +92,7 @@ def test_no_device_handles_every_token_when_time_is_split(dispatch):
     from a1jax.train.sharded import build_trainer
     from a1jax.train.step import BATCH_KEYS
 
-    config = dataclasses.replace(TINY, moe_dispatch=dispatch)
+    config = dataclasses.replace(SHALLOW, moe_dispatch=dispatch)
     trainer = build_trainer(config, OptimConfig(), MeshSpec.create(axes={"sequence": 8}),
                             batch=2, seq=320)
     shapes = {k: jax.ShapeDtypeStruct((2, 320), np.int32) for k in BATCH_KEYS}
