@@ -44,3 +44,16 @@ def sharded_grads(model_config, spec: MeshSpec, params, batch: dict, microbatche
     with trainer.context():
         grads, metrics = fn(placed, trainer.put_batch(batch))
     return float(metrics["loss"]), grads, placed, trainer
+
+
+def grads64(model_config, spec: MeshSpec, params, batch: dict, devices) -> tuple[float, list]:
+    """(loss, [(path, grad)]) of `sharded_grads` in fp64: x64 on, params and compute dtype
+    float64. x64 is on only inside: other tests keep fp32 defaults."""
+    with jax.enable_x64(True):
+        params64 = jax.tree.map(lambda p: np.asarray(p, np.float64), params)
+        loss, grads, _, _ = sharded_grads(model_config.replace(dtype="float64"), spec, params64,
+                                          batch, devices=devices)
+        flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+        flat = [(path, np.asarray(g)) for path, g in flat]
+    assert all(g.dtype == np.float64 for _, g in flat), "gradients fell back to fp32"
+    return loss, flat

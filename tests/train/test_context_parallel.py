@@ -1,6 +1,6 @@
-"""The context-parallel train step: the whole `tiny` model's loss and gradients equal one device
-at sequence = 2, 4, 8 on packed rows; the compiled step gathers nothing of full length but K/V;
-per-device memory follows the tokens per device."""
+"""The context-parallel train step: the whole `tiny` model's loss equals one device's and its
+gradients are as accurate, at sequence = 2, 4, 8 on packed rows; the compiled step gathers
+nothing of full length but K/V; per-device memory follows the tokens per device."""
 
 import dataclasses
 import re
@@ -14,7 +14,7 @@ from a1jax.sharding import MeshSpec
 from a1jax.train.optim import OptimConfig
 from a1jax.train.sharded import build_trainer
 from tests.conftest import random_params, tiny_two_layers
-from tests.train.helpers import make_batch, sharded_grads
+from tests.train.helpers import grads64, make_batch, sharded_grads
 
 TINY = get_preset("tiny")
 SHALLOW = tiny_two_layers()  # for the compile-only checks
@@ -34,39 +34,37 @@ def _packed_batch():
 
 @pytest.fixture(scope="module")
 def reference():
+    """One device's fp32 loss and gradients, and the same gradients in fp64 (the truth)."""
     params, batch = random_params(TINY, seed=3), _packed_batch()
     spec = MeshSpec.create(axes={"data": 1}, num_devices=1)
     loss, grads, _, _ = sharded_grads(TINY, spec, params, batch, devices=jax.devices()[:1])
-    return params, batch, loss, jax.tree.map(np.asarray, grads)
+    _, truth = grads64(TINY, spec, params, batch, jax.devices()[:1])
+    return params, batch, loss, [np.asarray(g, np.float64) for g in jax.tree.leaves(grads)], truth
 
 
 @pytest.mark.parametrize("size", [pytest.param(2, marks=pytest.mark.slow),
                                   pytest.param(4, marks=pytest.mark.slow), 8])
 def test_sequence_parallel_loss_and_grads_equal_one_device(size, reference, devices):
-    params, batch, ref_loss, ref_grads = reference
+    """As accurate as one device: context parallelism's fp32 gradients are compared with the
+    fp64 truth, beside one device's. Not with one device's at a fixed tolerance: this model's fp32
+    floor depends on the weights (the gated norm scales each DeltaNet head's output per token,
+    and where that output is a small sum of larger terms fp32 gets it wrong; strong decays
+    amplify input errors in the backward pass), and any change of rounding moves the gradients
+    by about that floor. For these weights one device is 8.3e-5 from the truth (its worst leaf
+    9.5e-5); sequence 2 / 4 / 8 are 6.6e-5 / 3.6e-5 / 5.8e-5, and each of their leaves at most
+    4.6x one device's error where that is below 1e-5 (2.5x-3.4x; dt_bias and A_log, 3e-6).
+    test_context_parallel_fp64.py shows the two are the same function in fp64 (to 1e-10)."""
+    params, batch, ref_loss, one, truth = reference
     spec = MeshSpec.create(axes={"sequence": size}, num_devices=size)
     loss, grads, _, _ = sharded_grads(TINY, spec, params, batch, devices=jax.devices()[:size])
     assert loss == pytest.approx(ref_loss, rel=1e-5)
-    # The gradients are compared at the fp32 floor of this model, not at 1e-5: measured against
-    # an fp64 evaluation of the same model and batch, one device's fp32 gradients are 1.1e-5 off
-    # and CP's 1.1e-5 .. 1.25e-5, and any change of rounding moves them by up to 1e-5 (unsharded:
-    # chunk size 16 -> 8 by 2.9e-6, 16 -> 32 by 8.1e-6, token-by-token DeltaNet by 7.4e-6; CP at
-    # sequence 2/4/8 by 4.3e-6 / 9.3e-6 / 9.4e-6). The model is that ill-conditioned: the gated
-    # norm scales each DeltaNet head's output per token, and where that output is a small sum of
-    # larger terms fp32 gets it up to 3e-5 wrong (token by token too); strong decays
-    # exp(g) amplify input errors tenfold in the backward pass. So: all gradients together to
-    # 2e-5, each leaf to 1e-4. The CP DeltaNet is the unsharded function to 1e-12 in fp64 and as
-    # accurate as one device in fp32 (tests/model/test_deltanet_precision.py); the layers alone
-    # match to 1e-5 in fp32 (tests/model/test_long_context.py); the whole model's CP loss and
-    # gradients equal one device's to 1e-14 in fp64 (test_context_parallel_fp64.py).
-    flat_ref = jax.tree_util.tree_flatten_with_path(ref_grads)[0]
-    flat_got = [np.asarray(g, np.float64) for g in jax.tree.leaves(grads)]
-    diff = np.sqrt(sum(np.sum((g - r) ** 2) for g, (_, r) in zip(flat_got, flat_ref)))
-    norm = np.sqrt(sum(np.sum(r.astype(np.float64) ** 2) for _, r in flat_ref))
-    assert diff / norm < 2e-5
-    for (path, ref), got in zip(flat_ref, flat_got):
-        rel = np.linalg.norm(got - ref) / (np.linalg.norm(ref) + 1e-30)
-        assert rel < 1e-4, (jax.tree_util.keystr(path), rel)
+    got = [np.asarray(g, np.float64) for g in jax.tree.leaves(grads)]
+    error = lambda grads: np.sqrt(sum(np.sum((g - t) ** 2) for g, (_, t) in zip(grads, truth)))
+    assert error(got) <= 1.5 * error(one), (error(got), error(one))
+    for ours, theirs, (path, t) in zip(got, one, truth):
+        rel = lambda g: np.linalg.norm(g - t) / (np.linalg.norm(t) + 1e-30)
+        assert rel(ours) <= 2 * max(rel(theirs), 1e-5), (jax.tree_util.keystr(path), rel(ours),
+                                                         rel(theirs))
 
 
 def _compiled(config, axes, batch, seq, devices=None):
