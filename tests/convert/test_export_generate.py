@@ -43,7 +43,8 @@ def exported(tmp_path_factory):
     trained[len(prompt_ids) - 1:] = 1  # predict the assistant's tokens only
 
     model = Transformer(config)
-    params = nn.meta.unbox(model.init(jax.random.key(0), ids[:, :4]))["params"]
+    # Jitted: op by op, the init alone took some 25 s.
+    params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), ids[:, :4]))["params"]
     optimizer = optax.adam(1e-2)
 
     @jax.jit
