@@ -49,9 +49,8 @@ def _init_fn(config):
     """The model's init, compiled once per config (and kept in the session's compilation cache
     for the other workers; op by op it took 25-30 s on first use in a process). Its keys are
     `unsafe_rbg` ones and the noise comes from numpy: the same init drawn with threefry keys, and
-    the noise with them, compiled in 15 s for `tiny` (a threefry per tensor, some sixty of
-    them), this in about 4. Any random weights serve the tests; the runner's own init is
-    unchanged."""
+    the noise with them, compiled in 15 s for `tiny` (a threefry for every tensor), this in
+    about 4. Any random weights serve the tests; the runner's own init is unchanged."""
     import flax.linen as nn
 
     from a1jax.model import Transformer
