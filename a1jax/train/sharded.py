@@ -50,8 +50,16 @@ class Trainer:
             yield
 
     def init(self, key: jax.Array) -> TrainState:
+        """A fresh state. The compiled init runs once a run and is not kept: on a CPU its
+        executable stays in host memory beside the step's for the whole run (0.15 GiB of the
+        bench model's 3.16 GiB peak), so it is dropped from the jit cache and its heap handed
+        back. A second call compiles it again."""
         with self.context():
-            return self._init(key)
+            state = self._init(key)
+        jax.block_until_ready(state)
+        self._init.clear_cache()  # the jitted function's own cache (JAX keeps no other copy)
+        release_host_memory()
+        return state
 
     def state_from_params(self, params: Any) -> TrainState:
         """Step 0 and a fresh optimizer state around given parameters (imported or restored),

@@ -60,3 +60,24 @@ def test_cpu_backend_expected_follows_jax_platforms(monkeypatch, platforms, expe
 def test_opt_out_changes_nothing(monkeypatch):
     monkeypatch.setenv("A1JAX_KEEP_HEAP", "0")
     assert host_memory.configure() is False
+
+
+def test_init_drops_its_compiled_program_and_can_run_again():
+    """`Trainer.init` runs once a run; its executable is not kept beside the step's (0.15 GiB
+    of the bench step's peak on a CPU). A second call compiles it again, to the same state."""
+    import jax
+    import numpy as np
+
+    from a1jax.sharding import MeshSpec
+    from a1jax.train.optim import OptimConfig
+    from a1jax.train.sharded import build_trainer
+    from tests.conftest import tiny_two_layers
+
+    trainer = build_trainer(tiny_two_layers(), OptimConfig(), MeshSpec.create(axes={"data": 1},
+                            num_devices=1), batch=2, seq=16, devices=jax.devices()[:1])
+    first = trainer.init(jax.random.key(3))
+    assert trainer._init._cache_size() == 0
+    again = trainer.init(jax.random.key(3))
+    assert trainer._init._cache_size() == 0
+    jax.tree.map(np.testing.assert_array_equal, first, again)
+    assert int(first.step) == 0
