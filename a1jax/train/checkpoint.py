@@ -17,6 +17,8 @@ restores onto any other layout or device count.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import Any, Mapping
 
@@ -48,6 +50,25 @@ def resolve(path: str) -> tuple[str, int | None]:
     return path, None
 
 
+class _NoReadOnlyWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _quiet_read_only():
+    """Orbax warns `Given directory is read only=DIR` whenever a manager is opened read-only,
+    which a1jax does on purpose to read a finished stage or an imported checkpoint (three
+    times a stage in the curriculum): that line is dropped while such a manager is made."""
+    quiet = _NoReadOnlyWarning()
+    logger = logging.getLogger("absl")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 class Checkpointer:
     """Saves and restores a run's steps under `root`.
 
@@ -69,8 +90,9 @@ class Checkpointer:
         handlers = {"params": ocp.StandardCheckpointHandler(),
                     "opt_state": ocp.StandardCheckpointHandler(),
                     "data": ocp.JsonCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-        self._manager = ocp.CheckpointManager(self.root, options=options,
-                                              item_handlers=handlers)
+        with _quiet_read_only() if read_only else contextlib.nullcontext():
+            self._manager = ocp.CheckpointManager(self.root, options=options,
+                                                  item_handlers=handlers)
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
