@@ -8,7 +8,8 @@ process, alternating, then the ratio of tokens/s and the peak RSS of each.
 On a shared 2-core machine the speed of both moves by up to 20% from one minute to the next
 (docs/performance.md), so only runs made close together compare: each round runs the two
 back to back, in turn first, and the ratio is taken per round. The last line reads
-`compare ratio_median=R ratio_min=M a1jax_peak_gib=A transformers_peak_gib=T`.
+`compare ratio_median=R ratio_min=M a1jax_peak_gib_max=A transformers_peak_gib_min=T`
+(the highest a1jax peak RSS of the rounds and the lowest transformers one).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class Run:
 def parse_a1jax(out: str) -> Run:
     """The run's figures from benchmarks/train_step.py's output (its last line, and the peak RSS
     on the line before it)."""
-    last = re.search(r"^a1jax tokens_per_s=(\d+) mfu=[\d.]+ first_loss=([\d.]+)$", out, re.M)
+    last = re.search(r"^a1jax tokens_per_s=(\d+) mfu=[\d.]+ first_loss=(\S+)$", out, re.M)
     peak = re.search(r"peak RSS ([\d.]+) GiB", out)
     if last is None or peak is None:
         raise ValueError(f"no a1jax result in its output:\n{out[-2000:]}")
@@ -44,7 +45,7 @@ def parse_a1jax(out: str) -> Run:
 
 
 def parse_transformers(out: str) -> Run:
-    last = re.search(r"^transformers tokens_per_s=(\d+) peak_rss_gib=([\d.]+) loss=([\d.]+)$",
+    last = re.search(r"^transformers tokens_per_s=(\d+) peak_rss_gib=([\d.]+) loss=(\S+)$",
                      out, re.M)
     if last is None:
         raise ValueError(f"no transformers result in its output:\n{out[-2000:]}")
@@ -63,6 +64,7 @@ def commands(args: argparse.Namespace) -> dict[str, list[str]]:
 def run_process(cmd: Sequence[str]) -> str:
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # train_step.py sets the device count itself
+    env["JAX_PLATFORMS"] = "cpu"  # the peer runs on the CPU: so does a1jax, on the same cores
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n"
@@ -89,12 +91,12 @@ def compare(args: argparse.Namespace, run: Callable[[Sequence[str]], str] = run_
         log(f"| {i + 1} | {a.tokens_per_s:,.0f} | {t.tokens_per_s:,.0f} | {ratios[-1]:.2f}x | "
             f"{a.peak_gib:.2f} / {t.peak_gib:.2f} |")
     summary = {"ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
-               "a1jax_peak_gib": max(peaks["a1jax"]),
-               "transformers_peak_gib": min(peaks["transformers"])}
+               "a1jax_peak_gib_max": max(peaks["a1jax"]),
+               "transformers_peak_gib_min": min(peaks["transformers"])}
     log(f"a1jax is {summary['ratio_median']:.2f}x transformers' tokens/s (median of "
         f"{args.rounds} rounds; lowest {summary['ratio_min']:.2f}x); peak RSS at most "
-        f"{summary['a1jax_peak_gib']:.2f} GiB against at least "
-        f"{summary['transformers_peak_gib']:.2f} GiB")
+        f"{summary['a1jax_peak_gib_max']:.2f} GiB against at least "
+        f"{summary['transformers_peak_gib_min']:.2f} GiB")
     log("compare " + " ".join(f"{k}={v:.2f}" for k, v in summary.items()))
     return summary
 

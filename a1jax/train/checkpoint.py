@@ -52,7 +52,9 @@ def resolve(path: str) -> tuple[str, int | None]:
 
 class _NoReadOnlyWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Given directory is read only")
+        # The unformatted message: formatting another thread's record here could raise.
+        return not (isinstance(record.msg, str)
+                    and record.msg.startswith("Given directory is read only"))
 
 
 @contextlib.contextmanager

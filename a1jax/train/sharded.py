@@ -57,7 +57,10 @@ class Trainer:
         with self.context():
             state = self._init(key)
         jax.block_until_ready(state)
-        self._init.clear_cache()  # the jitted function's own cache (JAX keeps no other copy)
+        # Its compiled programs; this also empties JAX's trace cache for every jitted function
+        # (they retrace on a later call that misses their own fast path; the step, compiled
+        # ahead of time in `_compiled`, is unaffected).
+        self._init.clear_cache()
         release_host_memory()
         return state
 

@@ -20,6 +20,7 @@ def test_read_only_checkpointer_does_not_warn(tmp_path, caplog):
     assert len(_read_only_warnings(caplog)) == 1
     caplog.clear()
     # ...a1jax's reader does not, and the filter does not outlive it.
+    filters = list(logging.getLogger("absl").filters)
     assert Checkpointer(str(tmp_path), read_only=True).steps() == []
     assert _read_only_warnings(caplog) == []
-    assert not logging.getLogger("absl").filters
+    assert logging.getLogger("absl").filters == filters

@@ -36,11 +36,11 @@ def test_rounds_alternate_and_the_ratio_is_per_round():
     summary = compare_transformers.compare(args, run=run, log=lines.append)
     assert order == ["a1jax", "transformers", "transformers", "a1jax", "a1jax", "transformers"]
     # Ratios 2.0, 1.8, 1.5: the median and the lowest, not a ratio of medians (1.875).
-    assert summary == {"ratio_median": 1.8, "ratio_min": 1.5, "a1jax_peak_gib": 3.05,
-                       "transformers_peak_gib": 3.20}
+    assert summary == {"ratio_median": 1.8, "ratio_min": 1.5, "a1jax_peak_gib_max": 3.05,
+                       "transformers_peak_gib_min": 3.20}
     assert lines[2] == "| 1 | 3,000 | 1,500 | 2.00x | 3.02 / 3.20 |"
-    assert lines[-1] == ("compare ratio_median=1.80 ratio_min=1.50 a1jax_peak_gib=3.05 "
-                         "transformers_peak_gib=3.20")
+    assert lines[-1] == ("compare ratio_median=1.80 ratio_min=1.50 a1jax_peak_gib_max=3.05 "
+                         "transformers_peak_gib_min=3.20")
 
 
 def test_a_run_without_its_result_line_is_an_error():
