@@ -6,8 +6,8 @@ directory holds four items:
     params     the model parameters (StandardSave; sharded arrays are written by their owners)
     opt_state  the optax state (absent in checkpoints imported from Hugging Face)
     data       the data iterator's state, JSON (absent in imported checkpoints)
-    meta       JSON: {"model_config", "tokenizer", "stage", "experiment", "fingerprint",
-               "skipped", "hf_source"}
+    meta       JSON: {"model_config", "tokenizer", "stage", "experiment", "identity",
+               "fingerprint", "skipped", "seconds", "hf_source"}
 
 Orbax writes each step into a temporary directory and renames it when complete, so a step that
 was being written when the process died is never listed, and resuming always takes the latest
@@ -60,8 +60,9 @@ class _NoReadOnlyWarning(logging.Filter):
 @contextlib.contextmanager
 def _quiet_read_only():
     """Orbax warns `Given directory is read only=DIR` whenever a manager is opened read-only,
-    which a1jax does on purpose to read a finished stage or an imported checkpoint (three
-    times a stage in the curriculum): that line is dropped while such a manager is made."""
+    which a1jax does on purpose to read a finished stage or an imported checkpoint (up to three
+    times in each stage that starts from one): that line is dropped while such a manager is
+    made."""
     quiet = _NoReadOnlyWarning()
     logger = logging.getLogger("absl")
     logger.addFilter(quiet)
