@@ -1,6 +1,7 @@
 """benchmarks/train_step.py, the layout-ablation tool: rule overrides change what each device
 holds and not the numbers, and a layout that cannot work is an error before compiling."""
 
+import math
 import os
 import re
 import subprocess
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.train.runner_helpers import REPO
+from tests.train.runner_helpers import REPO, benchmark_module
 
 SCRIPT = os.path.join(REPO, "benchmarks", "train_step.py")
 BASE = ["--model", "tiny", "--layers", "2", "--batch", "2", "--seq", "64", "--steps", "1",
@@ -40,6 +41,12 @@ def test_rules_replicate_the_state_and_leave_the_loss():
     # FSDP (the default rules) splits nearly all of the state over data=2; replicated keeps it all.
     assert state_mib(replicated.stdout) > 1.9 * state_mib(fsdp.stdout)
     assert first_loss(replicated.stdout) == pytest.approx(first_loss(fsdp.stdout), rel=1e-6)
+    # What benchmarks/compare_transformers.py reads from it; the first loss near ln(vocab), as
+    # the transformers benchmark's is (tests/train/test_compare_transformers.py).
+    run = benchmark_module("compare_transformers").parse_a1jax(fsdp.stdout)
+    assert run.tokens_per_s > 0 and 0.1 < run.peak_gib < 8
+    from a1jax.model import get_preset
+    assert run.first_loss == pytest.approx(math.log(get_preset("tiny").vocab_size), abs=0.05)
 
 
 def test_bad_rules_fail_before_compiling():
