@@ -5,7 +5,7 @@ process, alternating, then the ratio of tokens/s and the peak RSS of each.
     python benchmarks/compare_transformers.py --rounds 4            # bench, batch 4 x 1024
     python benchmarks/compare_transformers.py --rounds 2 --steps 3 --model tiny --seq 256
 
-On a shared 2-core machine the speed of both moves by up to 20% from one minute to the next
+On a shared 2-core machine the speed of both moves by 20-40% from one minute to the next
 (docs/performance.md), so only runs made close together compare: each round runs the two
 back to back, in turn first, and the ratio is taken per round. The last line reads
 `compare ratio_median=R ratio_min=M a1jax_peak_gib_max=A transformers_peak_gib_min=T`

@@ -34,6 +34,24 @@ def tiny_two_layers():
     return get_preset("tiny").replace(num_hidden_layers=2, layer_types=None)
 
 
+def benchmark_module(name: str):
+    """benchmarks/NAME.py imported as a module (benchmarks/ is not a package), registered as
+    `a1jax_benchmarks_NAME` (a dataclass in it looks its module up by name)."""
+    import importlib.util
+    import sys
+
+    module_name = f"a1jax_benchmarks_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def random_params(config, seed: int = 0, noise: float = 0.05) -> dict:
     """An a1jax params tree (numpy float32) from the model's init, with every tensor perturbed so
     that zero-initialised norms and unit gates are exercised by parity tests too."""

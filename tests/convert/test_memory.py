@@ -1,22 +1,13 @@
 """Import and export stream: peak RSS stays under 3x the largest tensor plus the shard size (the
 issue's bound) above the RSS of a process that only imported the same modules."""
 
-import importlib.util
-from pathlib import Path
+from tests.conftest import benchmark_module
 
 MAX_SHARD_BYTES = 200_000_000  # the ~0.4 GB bf16 model in two shards
 
 
-def _benchmark():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "convert.py"
-    spec = importlib.util.spec_from_file_location("a1jax_convert_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_import_and_export_peak_rss_stay_within_the_bound(tmp_path):
-    bench = _benchmark()
+    bench = benchmark_module("convert")
     size = bench.sizes("small", MAX_SHARD_BYTES)
     # Holding the model (fp32, as a1jax does) would break the bound: the check means something.
     assert size["params"] * 4 > 2 * size["bound"]

@@ -1,7 +1,5 @@
-"""Shared by the runner tests: the stage 1 smoke config, and running the CLI in a subprocess;
-and the benchmark scripts as modules."""
+"""Shared by the runner tests: the stage 1 smoke config, and running the CLI in a subprocess."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,16 +13,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 STAGE1 = os.path.join(REPO, "experiments", "curriculum", "stage1_foundation.py")
 # Six steps of stage 1's smoke config, a checkpoint every two, evals at 3 and 6.
 SETS = ("steps=6", "checkpoint.every=2", "eval_every=3")
-
-
-def benchmark_module(name: str):
-    """benchmarks/NAME.py imported as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(REPO, "benchmarks", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # a dataclass in it looks its module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def stage1(*sets: str):

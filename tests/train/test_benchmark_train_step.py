@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from tests.train.runner_helpers import REPO, benchmark_module
+from tests.conftest import benchmark_module
+from tests.train.runner_helpers import REPO
 
 SCRIPT = os.path.join(REPO, "benchmarks", "train_step.py")
 BASE = ["--model", "tiny", "--layers", "2", "--batch", "2", "--seq", "64", "--steps", "1",

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tests.train.runner_helpers import benchmark_module
+from tests.conftest import benchmark_module
 
 compare_transformers = benchmark_module("compare_transformers")
 
