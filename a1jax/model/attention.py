@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from a1jax.model.base import RMSNorm, accum_dtype, normal, param, project
 from a1jax.model.blockwise import blockwise_attention
+from a1jax.model.cache import AttentionCache
 from a1jax.model.config import ConfigError, ModelConfig
 from a1jax.model.context import SequenceShards, over_sequence, sequence_shards
 from a1jax.model.rope import apply_rope
@@ -86,13 +87,44 @@ def attend(config: ModelConfig, shards: SequenceShards | None, q_bthk: jax.Array
                                config.attention_block_size)
 
 
+def cached_attention(config: ModelConfig, cache: AttentionCache, q_bthk: jax.Array,
+                     k_btnk: jax.Array, v_btnk: jax.Array, positions_bt: jax.Array,
+                     valid_bt: jax.Array) -> tuple[jax.Array, AttentionCache]:
+    """Attention of new tokens at `positions_bt` over a row's cached K/V and their own.
+
+    Each valid token's K/V is written at its position (invalid ones, a ragged batch's padding,
+    write nothing: their slot index is out of range and the scatter drops it), then queries
+    attend to every slot at or before their position. Slots past a row's length may hold stale
+    values; no valid query reaches them, since every slot up to its position has been written."""
+    b, _, n, _ = k_btnk.shape
+    s = cache.k_bsnk.shape[1]
+    slot_bt = jnp.where(valid_bt, positions_bt, s)
+    rows_b1 = jnp.arange(b)[:, None]
+    write = lambda buf, new: buf.at[rows_b1, slot_bt].set(new.astype(buf.dtype), mode="drop")
+    cache = AttentionCache(write(cache.k_bsnk, k_btnk), write(cache.v_bsnk, v_btnk))
+    # One run per row; the blockwise kernel masks by index (slot <= position) and skips the
+    # key blocks past every query's position.
+    same_bt = jnp.zeros(positions_bt.shape, jnp.int32)
+    same_bs = jnp.zeros((b, s), jnp.int32)
+    slots_bs = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+    out = blockwise_attention(q_bthk, cache.k_bsnk.astype(q_bthk.dtype),
+                              cache.v_bsnk.astype(q_bthk.dtype), same_bt, same_bs,
+                              positions_bt.astype(jnp.int32), slots_bs,
+                              config.attention_block_size)
+    return out, cache
+
+
 class GatedAttention(nn.Module):
     config: ModelConfig
 
     @nn.compact
     def __call__(self, x_btd: jax.Array, positions_bt: jax.Array, runs_bt: jax.Array,
-                 index_bt: jax.Array | None = None) -> jax.Array:
-        """`index_bt`: each token's place in the original sequence (default: in order)."""
+                 index_bt: jax.Array | None = None, cache: AttentionCache | None = None,
+                 valid_bt: jax.Array | None = None):
+        """`index_bt`: each token's place in the original sequence (default: in order).
+
+        With `cache` (decoding): the tokens are appended to it at `positions_bt` (`valid_bt`
+        marks the real ones) and attend to everything before them; returns (out, new cache)."""
         c = self.config
         dtype = jnp.dtype(c.dtype)
         d, h, n, k = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
@@ -113,6 +145,11 @@ class GatedAttention(nn.Module):
         q_bthk = apply_rope(q_bthk, positions_bt, c)
         k_btnk = apply_rope(k_btnk, positions_bt, c)
 
+        if cache is not None:
+            out_bthk, cache = cached_attention(c, cache, q_bthk, k_btnk, v_btnk, positions_bt,
+                                               valid_bt)
+            out_bthk = out_bthk * jax.nn.sigmoid(gate_bthk)
+            return project(out_bthk, w_o.astype(dtype), 2), cache
         if index_bt is None:
             index_bt = jnp.broadcast_to(jnp.arange(x_btd.shape[1], dtype=jnp.int32),
                                         x_btd.shape[:2])

@@ -15,6 +15,7 @@ import numpy as np
 
 from a1jax.model.base import (after, normal, param, project, project_many,
                               rms_normalize)
+from a1jax.model.cache import DeltaNetCache
 from a1jax.model.config import ModelConfig
 from a1jax.model.context import sequence_shards
 from a1jax.model.deltanet_cp import context_parallel_deltanet
@@ -279,9 +280,11 @@ def chunked_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt, chunk_s
 
 
 def conv_delta_rule(config: ModelConfig, qkv_btc, runs_bt, halo_btc, halo_runs_bt, g_bth,
-                    beta_bth, w_conv_wc, widen: bool = False):
+                    beta_bth, w_conv_wc, widen: bool = False, initial_state_bhkv=None,
+                    impl: str | None = None):
     """The DeltaNet core on rows: causal conv (with `halo_btc` as left context, or zeros when
-    None), SiLU, the q/k/v split and the delta rule. Returns (o_bthv fp32, final state).
+    None), SiLU, the q/k/v split and the delta rule from `initial_state_bhkv` (zeros when None).
+    Returns (o_bthv fp32, final state). `impl` overrides the config's `deltanet_impl`.
 
     `widen` appends dk value columns per head that start from the identity state and receive
     no values: they carry the affine map from incoming to outgoing state (see deltanet_cp)."""
@@ -298,13 +301,13 @@ def conv_delta_rule(config: ModelConfig, qkv_btc, runs_bt, halo_btc, halo_runs_b
     q_bthk = qkv_btc[..., : hk * dk].reshape(b, t, hk, dk)
     k_bthk = qkv_btc[..., hk * dk: 2 * hk * dk].reshape(b, t, hk, dk)
     v_bthv = qkv_btc[..., 2 * hk * dk:].reshape(b, t, hv, dv)
-    initial = None
+    initial = initial_state_bhkv
     if widen:
         f32 = jnp.promote_types(v_bthv.dtype, jnp.float32)
         v_bthv = jnp.concatenate([v_bthv.astype(f32), jnp.zeros((b, t, hv, dk), f32)], axis=-1)
         eye = jnp.broadcast_to(jnp.eye(dk, dtype=f32), (b, hv, dk, dk))
         initial = jnp.concatenate([jnp.zeros((b, hv, dk, dv), f32), eye], axis=-1)
-    if c.deltanet_impl == "recurrent":
+    if (impl or c.deltanet_impl) == "recurrent":
         return recurrent_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt, initial)
     return chunked_delta_rule(q_bthk, k_bthk, v_bthv, g_bth, beta_bth, runs_bt,
                               c.deltanet_chunk_size, initial)
@@ -314,7 +317,10 @@ class GatedDeltaNet(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_btd: jax.Array, runs_bt: jax.Array) -> jax.Array:
+    def __call__(self, x_btd: jax.Array, runs_bt: jax.Array, cache: DeltaNetCache | None = None,
+                 valid_bt: jax.Array | None = None):
+        """With `cache` (decoding): continues each row from its cached conv window and state
+        (`valid_bt` marks the real tokens, a prefix of each row); returns (out, new cache)."""
         c = self.config
         dtype = jnp.dtype(c.dtype)
         d, hv, dv = c.hidden_size, c.linear_num_value_heads, c.linear_value_head_dim
@@ -345,7 +351,9 @@ class GatedDeltaNet(nn.Module):
         w_conv = w_conv.astype(dtype)
 
         shards = None if self.is_initializing() else sequence_shards(c, x.shape[1])
-        if shards is None:
+        if cache is not None:
+            o_bthv, cache = cached_deltanet(c, cache, qkv_btc, g_bth, beta_bth, valid_bt, w_conv)
+        elif shards is None:
             o_bthv, _ = conv_delta_rule(c, qkv_btc, runs_bt, None, None, g_bth, beta_bth, w_conv)
         else:
             mix = lambda *args: conv_delta_rule(c, *args, widen=True)
@@ -354,4 +362,30 @@ class GatedDeltaNet(nn.Module):
         # Gated RMSNorm per value head: plain multiplier w (initialised to 1), then silu(z).
         o_bthv = (w_norm * rms_normalize(o_bthv, c.rms_norm_eps).astype(dtype))
         o_bthv = (o_bthv * jax.nn.silu(z_bthv.astype(wide))).astype(dtype)
-        return project(o_bthv, w_out.astype(dtype), 2)
+        out_btd = project(o_bthv, w_out.astype(dtype), 2)
+        return out_btd if cache is None else (out_btd, cache)
+
+
+def cached_deltanet(config: ModelConfig, cache: DeltaNetCache, qkv_btc, g_bth, beta_bth,
+                    valid_bt, w_conv_wc) -> tuple[jax.Array, DeltaNetCache]:
+    """The DeltaNet core continued from a cache: the cached conv inputs are the conv's left
+    context, the cached state the delta rule's initial state. A padding token (not valid)
+    neither decays nor writes the state (g = 0, beta = 0), so each row's state is that after its
+    own tokens; the new window is the last conv_kernel - 1 inputs up to each row's last valid
+    token. One token (decode) runs the recurrent form, more (prefill) the chunked one."""
+    window = cache.conv_bwc.shape[1]
+    valid = valid_bt[..., None]
+    g_bth = jnp.where(valid, g_bth, 0.0)
+    beta_bth = jnp.where(valid, beta_bth, 0.0)
+    same_bt = jnp.zeros(valid_bt.shape, jnp.int32)
+    halo_bwc = cache.conv_bwc.astype(qkv_btc.dtype)
+    o_bthv, state = conv_delta_rule(
+        config, qkv_btc, same_bt, halo_bwc, jnp.zeros(halo_bwc.shape[:2], jnp.int32), g_bth, beta_bth, w_conv_wc,
+        initial_state_bhkv=cache.state_bhkv,
+        impl="recurrent" if qkv_btc.shape[1] == 1 else "chunked")
+    inputs_btc = jnp.concatenate([halo_bwc, qkv_btc], axis=1)
+    count_b = jnp.sum(valid_bt, axis=1).astype(jnp.int32)
+    conv = jax.vmap(lambda x, n: jax.lax.dynamic_slice_in_dim(x, n, window, axis=0))(
+        inputs_btc, count_b)
+    return o_bthv, DeltaNetCache(conv.astype(cache.conv_bwc.dtype),
+                                 state.astype(cache.state_bhkv.dtype))

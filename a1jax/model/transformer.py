@@ -12,6 +12,7 @@ import numpy as np
 
 from a1jax.model.attention import GatedAttention
 from a1jax.model.base import RMSNorm, accum_dtype, normal, param, run_ids
+from a1jax.model.cache import Cache
 from a1jax.model.config import FULL, ConfigError, ModelConfig
 from a1jax.model.context import from_zigzag, sequence_shards, to_zigzag, zigzag_index
 from a1jax.model.deltanet import GatedDeltaNet
@@ -28,36 +29,50 @@ class DecoderLayer(nn.Module):
     layer_type: str
 
     @nn.compact
-    def __call__(self, x_btd, positions_bt, runs_bt, valid_bt, index_bt):
+    def __call__(self, x_btd, positions_bt, runs_bt, valid_bt, index_bt, cache=None):
+        """Returns (x, router stats, the layer's new cache: None without `cache`)."""
         c = self.config
         h_btd = RMSNorm(c.rms_norm_eps, name="input_layernorm")(x_btd)
         if self.layer_type == FULL:
-            h_btd = GatedAttention(c, name="self_attn")(h_btd, positions_bt, runs_bt, index_bt)
+            attention = GatedAttention(c, name="self_attn")
+            if cache is None:
+                h_btd = attention(h_btd, positions_bt, runs_bt, index_bt)
+            else:
+                h_btd, cache = attention(h_btd, positions_bt, runs_bt, cache=cache,
+                                         valid_bt=valid_bt)
         else:
-            h_btd = GatedDeltaNet(c, name="linear_attn")(h_btd, runs_bt)
+            deltanet = GatedDeltaNet(c, name="linear_attn")
+            if cache is None:
+                h_btd = deltanet(h_btd, runs_bt)
+            else:
+                h_btd, cache = deltanet(h_btd, runs_bt, cache=cache, valid_bt=valid_bt)
         x_btd = x_btd + h_btd.astype(x_btd.dtype)
         h_btd = RMSNorm(c.rms_norm_eps, name="post_attention_layernorm")(x_btd)
         h_btd, stats = SparseMoeBlock(c, name="mlp")(h_btd, valid_bt)
-        return x_btd + h_btd.astype(x_btd.dtype), stats
+        return x_btd + h_btd.astype(x_btd.dtype), stats, cache
 
 
 def decoder_layers(c: ModelConfig, layer_types: tuple[str, ...], x_btd, positions_bt, runs_bt,
-                   valid_bt, index_bt) -> tuple[jax.Array, RouterStats]:
+                   valid_bt, index_bt, caches: tuple | None = None
+                   ) -> tuple[jax.Array, RouterStats, tuple | None]:
     """Decoder layers `layer_types` in order, named layers_0, layers_1, ... in the calling
-    module, each remat'd by the config's policy. Returns x and the layers' router statistics,
-    each field stacked over these layers."""
+    module, each remat'd by the config's policy. Returns x, the layers' router statistics (each
+    field stacked over these layers) and, with `caches` (one per layer), the new caches."""
     layer_cls = DecoderLayer
     if c.remat != "none":
         policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
                   if c.remat == "dots" else jax.checkpoint_policies.nothing_saveable)
         layer_cls = nn.remat(DecoderLayer, policy=policy, static_argnums=())
-    stats = []
+    stats, new_caches = [], []
     for i, layer_type in enumerate(layer_types):
         x_btd = nn.with_logical_constraint(x_btd, ACTIVATION)
-        x_btd, layer_stats = layer_cls(c, layer_type, name=f"layers_{i}")(
-            x_btd, positions_bt, runs_bt, valid_bt, index_bt)
+        x_btd, layer_stats, cache = layer_cls(c, layer_type, name=f"layers_{i}")(
+            x_btd, positions_bt, runs_bt, valid_bt, index_bt,
+            None if caches is None else caches[i])
         stats.append(layer_stats)
-    return x_btd, RouterStats(*(jnp.stack(field) for field in zip(*stats)))
+        new_caches.append(cache)
+    return (x_btd, RouterStats(*(jnp.stack(field) for field in zip(*stats))),
+            None if caches is None else tuple(new_caches))
 
 
 class LayerBlock(nn.Module):
@@ -67,9 +82,10 @@ class LayerBlock(nn.Module):
     layer_types: tuple[str, ...]
 
     @nn.compact
-    def __call__(self, x_btd, positions_bt, runs_bt, valid_bt, index_bt):
-        return decoder_layers(self.config, self.layer_types, x_btd, positions_bt, runs_bt,
-                              valid_bt, index_bt)
+    def __call__(self, x_btd, positions_bt, runs_bt, valid_bt, index_bt, caches=None):
+        x_btd, stats, caches = decoder_layers(self.config, self.layer_types, x_btd, positions_bt,
+                                              runs_bt, valid_bt, index_bt, caches)
+        return x_btd, (stats, caches)
 
 
 class Output(NamedTuple):
@@ -79,6 +95,7 @@ class Output(NamedTuple):
     # computes logits a chunk at a time (a1jax.train.step.chunked_cross_entropy_sum).
     hidden_btd: jax.Array | None = None
     head_dx: jax.Array | None = None
+    cache: Cache | None = None  # with a cache given: the cache with these tokens appended
 
 
 class Transformer(nn.Module):
@@ -92,8 +109,15 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_bt: jax.Array, segment_ids_bt: jax.Array | None = None,
-                 positions_bt: jax.Array | None = None, head: bool = True) -> Output:
+                 positions_bt: jax.Array | None = None, head: bool = True,
+                 cache: Cache | None = None, valid_bt: jax.Array | None = None) -> Output:
+        """With `cache` (decoding, a1jax.model.cache): `tokens_bt` continue each row from its
+        cached length (rows may differ), `valid_bt` marks the real tokens (a prefix of each
+        row; default all), and the output carries the cache with them appended. Packing
+        arguments do not apply then, nor a sequence-split layout."""
         c = self.config
+        if cache is not None:
+            return self._decode(tokens_bt, cache, valid_bt, head)
         if c.dtype == "float64" and not jax.config.jax_enable_x64:
             raise ConfigError("dtype 'float64' (for precision tests) needs jax_enable_x64; "
                               "without it JAX computes in float32")
@@ -114,27 +138,64 @@ class Transformer(nn.Module):
             index_bt = jnp.broadcast_to(zigzag_index(t, shards.size), (b, t))
         valid_bt = segment_ids_bt != 0
 
-        embed_xd = param(self, "embed_tokens", (c.vocab_size, c.hidden_size), ("vocab", "embed"),
-                         normal(c.initializer_range))
+        embed_xd = self._embedding()
         # Gather the (FSDP-sharded) table whole before the lookup: XLA cannot partition a gather
         # from an embed-sharded table into batch/sequence-sharded rows, and would replicate anyway.
         table_xd = nn.with_logical_constraint(embed_xd, (None, None))
         x_btd = jnp.take(table_xd, tokens_bt, axis=0).astype(dtype)
-        if c.scan_layers:
-            period, repeats = c.layer_period, c.num_hidden_layers // c.layer_period
-            blocks = nn.scan(LayerBlock, variable_axes={"params": 0}, split_rngs={"params": True},
-                             in_axes=(nn.broadcast,) * 4, length=repeats,
-                             metadata_params={nn.PARTITION_NAME: "layers"})
-            x_btd, stacked = blocks(c, c.layer_types[:period], name="layers")(
-                x_btd, positions_bt, runs_bt, valid_bt, index_bt)
-            # [repeats, period, ...] -> [layers, ...]: repeat p, position j is layer p*period + j.
-            router = jax.tree.map(lambda s: s.reshape((-1,) + s.shape[2:]), stacked)
-        else:
-            x_btd, router = decoder_layers(c, c.layer_types, x_btd, positions_bt, runs_bt,
-                                           valid_bt, index_bt)
+        x_btd, router, _ = self._layers(x_btd, positions_bt, runs_bt, valid_bt, index_bt)
         x_btd = nn.with_logical_constraint(x_btd, ACTIVATION)
         if shards is not None:
             x_btd = nn.with_logical_constraint(from_zigzag(shards, x_btd), ACTIVATION)
+        return self._head(embed_xd, x_btd, router, head)
+
+    def _decode(self, tokens_bt, cache: Cache, valid_bt, head: bool) -> Output:
+        c = self.config
+        b, t = tokens_bt.shape
+        if sequence_shards(c, t) is not None:
+            raise ConfigError("decoding splits rows over `data` and experts over `expert`; a "
+                              "layout that splits the sequence does not apply")
+        if valid_bt is None:
+            valid_bt = jnp.ones((b, t), bool)
+        positions_bt = cache.lengths_b[:, None] + jnp.arange(t, dtype=jnp.int32)
+        embed_xd = self._embedding()
+        table_xd = nn.with_logical_constraint(embed_xd, (None, None))
+        x_btd = jnp.take(table_xd, tokens_bt, axis=0).astype(jnp.dtype(c.dtype))
+        x_btd, router, layers = self._layers(x_btd, positions_bt, jnp.zeros((b, t), jnp.int32),
+                                             valid_bt, positions_bt, cache.layers)
+        out = self._head(embed_xd, x_btd, router, head)
+        lengths_b = cache.lengths_b + jnp.sum(valid_bt, axis=1).astype(jnp.int32)
+        return out._replace(cache=Cache(layers, lengths_b))
+
+    def _embedding(self) -> jax.Array:
+        c = self.config
+        return param(self, "embed_tokens", (c.vocab_size, c.hidden_size), ("vocab", "embed"),
+                     normal(c.initializer_range))
+
+    def _layers(self, x_btd, positions_bt, runs_bt, valid_bt, index_bt, caches=None):
+        """The decoder layers, scanned or one by one: (x, router stats stacked over layers,
+        new caches or None)."""
+        c = self.config
+        if c.scan_layers:
+            period, repeats = c.layer_period, c.num_hidden_layers // c.layer_period
+            # The caches, stacked like the parameters, are scanned over with them.
+            in_axes = (nn.broadcast,) * 4 + (() if caches is None else (0,))
+            blocks = nn.scan(LayerBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                             in_axes=in_axes, length=repeats,
+                             metadata_params={nn.PARTITION_NAME: "layers"})
+            x_btd, (stacked, caches) = blocks(c, c.layer_types[:period], name="layers")(
+                x_btd, positions_bt, runs_bt, valid_bt, index_bt,
+                *(() if caches is None else (caches,)))
+            # [repeats, period, ...] -> [layers, ...]: repeat p, position j is layer p*period + j.
+            router = jax.tree.map(lambda s: s.reshape((-1,) + s.shape[2:]), stacked)
+            return x_btd, router, caches
+        return decoder_layers(c, c.layer_types, x_btd, positions_bt, runs_bt, valid_bt,
+                              index_bt, caches)
+
+    def _head(self, embed_xd, x_btd, router, head: bool) -> Output:
+        """The final norm and the LM head."""
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
         x_btd = RMSNorm(c.rms_norm_eps, name="norm")(x_btd)
         if c.tie_word_embeddings:
             w_dx = embed_xd.T
