@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from a1jax import cli
-from a1jax.convert.hf_load import load_params, read_config
 from a1jax.errors import A1Error
+from a1jax.infer.load import load_model
 from a1jax.model import DTYPES, ModelConfig, Transformer
 
 
@@ -70,23 +70,6 @@ def score(config: ModelConfig, params: dict, tokens_bt: np.ndarray) -> tuple[np.
     return np.asarray(logits, np.float32), np.asarray(logprobs, np.float32)
 
 
-def load_checkpoint(path: str, dtype: str) -> tuple[ModelConfig, dict]:
-    """The model config and parameters (host numpy, one leaf read at a time) of a checkpoint."""
-    from a1jax.convert import orbax_io
-
-    step_dir = orbax_io.resolve_step_dir(path)
-    meta = orbax_io.read_meta(step_dir)
-    config = ModelConfig.from_json_dict(meta["model_config"]).replace(dtype=dtype)
-    params: dict = {}
-    for leaf_path, array in orbax_io.iter_params(step_dir):
-        node = params
-        for key in leaf_path[:-1]:
-            node = node.setdefault(key, {})
-        node[leaf_path[-1]] = array
-    print(f"checkpoint {step_dir}")
-    return config, params
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m a1jax.score", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,16 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    if os.path.isfile(os.path.join(args.model, "config.json")) or not os.path.isdir(args.model):
-        config = read_config(args.model, dtype=args.dtype)
-        tokens = read_tokens(args.tokens, config.vocab_size)
-        config, params, report = load_params(args.model, config)
-        if report.not_imported:
-            print(f"not part of the text model, not loaded: {len(report.not_imported)} tensors "
-                  f"(e.g. {report.not_imported[0]})")
-    else:
-        config, params = load_checkpoint(args.model, args.dtype)
-        tokens = read_tokens(args.tokens, config.vocab_size)
+    config, params = load_model(args.model, args.dtype)
+    tokens = read_tokens(args.tokens, config.vocab_size)
     logits, logprobs = score(config, params, tokens)
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)

@@ -1,0 +1,52 @@
+"""A scripted policy: replays each task's reference trajectory, one assistant turn per call.
+
+It answers every task correctly through the same loop, environments and verifiers a model goes
+through, so an evaluation that scores it below 100% has a bug in that path, not in a model.
+`python -m a1jax.eval --replay` runs it."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from a1jax.agent.environment import Task
+from a1jax.agent.episode import Renderer
+from a1jax.data.chat_template import render
+from a1jax.data.schema import validate
+from a1jax.infer.engine import Generated
+
+
+def assistant_turns(task: Task, renderer: Renderer) -> list[list[int]]:
+    """The reference's assistant turns as the template renders them, each up to and including
+    its end-of-turn token, as token ids."""
+    messages = validate(task.reference)["messages"]  # tool-call arguments as mappings
+    turns = []
+    for j, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render(messages[:j], task.tools, template=renderer.template,
+                        add_generation_prompt=True)
+        whole = render(messages[:j + 1], task.tools, template=renderer.template)
+        text = whole[len(before):]
+        turns.append(renderer.encode(text[:text.index("<|im_end|>") + len("<|im_end|>")]))
+    return turns
+
+
+class ReplayPolicy:
+    def __init__(self, renderer: Renderer, slots: int):
+        self.renderer, self.slots = renderer, slots
+        self._turns: dict[int, list[list[int]]] = {}
+
+    def start(self, slot: int, tokens: list[int], task: Task) -> None:
+        self._turns[slot] = assistant_turns(task, self.renderer)
+
+    def extend(self, slot: int, tokens: list[int]) -> None:
+        pass
+
+    def generate(self, slots: Sequence[int], max_new_tokens: int) -> dict[int, Generated]:
+        out = {}
+        for slot in slots:
+            turn = self._turns[slot].pop(0)
+            finish = "stop" if len(turn) <= max_new_tokens else "length"
+            turn = turn[:max_new_tokens]
+            out[slot] = Generated(turn, [0.0] * len(turn), finish)
+        return out
