@@ -185,11 +185,9 @@ def run_episodes(tasks: Iterable[Task], policy: Policy, renderer: Renderer, *, s
             policy.start(slot, prompt, task)
         if not active:
             continue
-        turn_tokens = {s: min(budgets.max_turn_tokens,
-                              budgets.max_response_tokens - ep.assistant_tokens,
-                              budgets.max_context - len(ep.tokens))
-                       for s, (_, ep, _) in active.items()}
-        generated = policy.generate(sorted(active), max(1, min(turn_tokens.values())))
+        # One turn length for every call (a compiled decode loop per length): the context
+        # is the cache's own limit ("context"), the response budget is checked after the turn.
+        generated = policy.generate(sorted(active), budgets.max_turn_tokens)
         for slot, out in generated.items():
             _, ep, env = active[slot]
             ep.tokens += out.tokens

@@ -249,8 +249,9 @@ class Engine:
         active[rows] = True
         key = jax.random.key(sampling.seed) if key is None else key
         with self.context():
+            # The seed lives in the key: as part of the static settings it would recompile.
             self.state, tokens, logp, count, finish = self._generate(
-                self.params, self.state, active, key, sampling)
+                self.params, self.state, active, key, sampling.replace(seed=0))
         tokens, logp, count, finish = jax.device_get((tokens, logp, count, finish))
         out = {}
         for r in rows:

@@ -1,0 +1,229 @@
+r"""Evaluate an agent by success rate: episodes on held-out tasks, by domain and horizon.
+
+    python -m a1jax.eval --model HF_DIR|CHECKPOINT --domains kb_search,calculator,files \
+        --horizons 1,2,4,8,16 --n 64 --runs 3 --seed 0 --out DIR [--greedy | sampling flags] \
+        [--batch 8] [--max-turns 100] [--max-turn-tokens 1024] [--max-context 32768] \
+        [--mesh data=2,expert=4] [--tokenizer DIR]
+    python -m a1jax.eval --replay ...     # the reference trajectories as the policy: 100%
+
+Tasks are synthetic (`a1jax.data.synth`) with task seeds EVAL_SEED_BASE + seed, never a
+training seed (training uses the experiment's small `seed`). Each task runs `--runs` times
+(sampling seeds differ per run). Writes DIR/episodes.jsonl (one record per episode, as it
+ends: a rerun skips the episodes already there), DIR/results.json, DIR/results.md and
+DIR/success_by_horizon.png: per domain and horizon, Avg@runs (mean pass@1 over the runs),
+Pass@runs (solved in any run), Best@1 (the best run's rate), how episodes ended (finished /
+truncated / aborted), and the mean turns, tool calls, malformed calls and assistant tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+
+from a1jax import cli, devices
+from a1jax.errors import A1Error
+
+# Evaluation task seeds start here; experiment seeds stay far below it (tests check both).
+EVAL_SEED_BASE = 1_000_000
+
+
+def eval_seed(seed: int) -> int:
+    return EVAL_SEED_BASE + seed
+
+
+def summarize(records: list[dict[str, Any]], runs: int) -> list[dict[str, Any]]:
+    """One row per (domain, horizon) from episode records (`Episode.record()`)."""
+    cells: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for r in records:
+        cells[(r["domain"], r["metadata"]["horizon"])].append(r)
+    rows = []
+    for (domain, horizon), recs in sorted(cells.items()):
+        by_run: dict[int, list[float]] = defaultdict(list)
+        by_task: dict[int, float] = defaultdict(float)
+        for r in recs:
+            reward = r["metadata"]["episode"]["reward"]
+            by_run[r["metadata"]["run"]].append(reward)
+            by_task[r["metadata"]["index"]] = max(by_task[r["metadata"]["index"]], reward)
+        rates = [float(np.mean(v)) for _, v in sorted(by_run.items())]
+        eps = [r["metadata"]["episode"] for r in recs]
+        mean = lambda key: float(np.mean([e[key] for e in eps]))
+        rows.append({
+            "domain": domain, "horizon": horizon, "tasks": len(by_task), "episodes": len(recs),
+            f"avg@{runs}": float(np.mean(rates)), f"pass@{runs}": float(np.mean(
+                list(by_task.values()))), "best@1": max(rates),
+            **{s: sum(e["status"] == s for e in eps) / len(eps)
+               for s in ("finished", "truncated", "aborted")},
+            "turns": mean("turns"), "tool_calls": mean("tool_calls"),
+            "malformed_calls": mean("malformed_calls"),
+            "assistant_tokens": mean("assistant_tokens")})
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], runs: int, header: str = "") -> str:
+    cols = ["domain", "horizon", f"avg@{runs}", f"pass@{runs}", "best@1", "finished",
+            "truncated", "aborted", "turns", "tool_calls", "malformed_calls", "assistant_tokens"]
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    lines = ([header, ""] if header else []) + [
+        "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(row[c]) for c in cols) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], runs: int, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for domain in sorted({r["domain"] for r in rows}):
+        mine = [r for r in rows if r["domain"] == domain]
+        ax.plot([r["horizon"] for r in mine], [r[f"avg@{runs}"] for r in mine], marker="o",
+                label=domain)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("evaluation horizon (tool steps)")
+    ax.set_ylabel(f"success (avg@{runs})")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise A1Error(f"{flag}: expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise A1Error(f"{flag}: expected positive integers, got {text!r}")
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from a1jax.generate import add_sampling_args, sampling_from_args
+
+    parser = argparse.ArgumentParser(prog="python -m a1jax.eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    policy = parser.add_mutually_exclusive_group(required=True)
+    policy.add_argument("--model", help="Hugging Face directory or a1jax checkpoint")
+    policy.add_argument("--replay", action="store_true",
+                        help="replay the reference trajectories (checks the harness: 100%%)")
+    parser.add_argument("--domains", default="kb_search,calculator,files")
+    parser.add_argument("--horizons", default="1,2,4,8,16")
+    parser.add_argument("--n", type=int, default=64, help="tasks per domain and horizon")
+    parser.add_argument("--runs", type=int, default=3, help="runs per task (Avg@runs)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--tokenizer", help="default: the model's own, else a1jax's")
+    parser.add_argument("--batch", type=int, default=8, help="episodes decoded together")
+    parser.add_argument("--max-turns", type=int, default=100)
+    parser.add_argument("--max-turn-tokens", type=int, default=1024)
+    parser.add_argument("--max-response-tokens", type=int, default=32_768)
+    parser.add_argument("--max-context", type=int, default=32_768)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--mesh", default="", help="axis sizes, e.g. data=2,expert=4")
+    add_sampling_args(parser)
+    args = parser.parse_args(argv)
+    domains = [d.strip() for d in args.domains.split(",") if d.strip()]
+    horizons = _ints(args.horizons, "--horizons")
+    if args.n < 1 or args.runs < 1 or args.batch < 1:
+        raise A1Error("--n, --runs and --batch must be >= 1")
+    mesh_axes = devices.parse_axes(args.mesh)
+    devices.simulate_for(mesh_axes)
+    from tqdm import tqdm
+
+    from a1jax.agent.environment import ENVIRONMENTS, make_task
+    from a1jax.agent.episode import Budgets, EnginePolicy, Renderer, run_episodes
+    from a1jax.agent.replay import ReplayPolicy
+    from a1jax.data.chat_template import template_for
+    from a1jax.data.tokenizer import load_tokenizer
+    from a1jax.generate import default_stop_tokens
+
+    unknown = [d for d in domains if d not in ENVIRONMENTS]
+    if unknown:
+        raise A1Error(f"unknown domain {unknown[0]!r}; known: {', '.join(sorted(ENVIRONMENTS))}")
+    budgets = Budgets(args.max_turns, args.max_turn_tokens, args.max_response_tokens,
+                      args.max_context)
+    os.makedirs(args.out, exist_ok=True)
+    start = time.perf_counter()
+    if args.replay:
+        tokenizer = load_tokenizer(args.tokenizer)
+    else:
+        from a1jax.infer.engine import Engine
+        from a1jax.infer.load import load_model, tokenizer_dir
+        from a1jax.sharding import MeshSpec
+
+        config, params = load_model(args.model, args.dtype)
+        tokenizer = load_tokenizer(args.tokenizer or tokenizer_dir(args.model))
+        if len(tokenizer) > config.vocab_size:
+            raise A1Error(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary "
+                          f"{config.vocab_size}: pass the model's own tokenizer (--tokenizer)")
+        spec = MeshSpec.create(axes=mesh_axes) if mesh_axes else None
+        engine = Engine(config, params, batch=args.batch, max_len=args.max_context, spec=spec)
+    renderer = Renderer(tokenizer, template_for(tokenizer))
+
+    path = os.path.join(args.out, "episodes.jsonl")
+    records = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    have = {r["id"] for r in records}
+    todo = {run: [t for d in domains for h in horizons for i in range(args.n)
+                  if f"{(t := make_task(d, h, eval_seed(args.seed), i)).id}-run{run}" not in have]
+            for run in range(args.runs)}
+    total = sum(len(v) for v in todo.values())
+    if records:
+        print(f"resuming: {len(records)} episodes already in {path}, {total} to run")
+    bar = tqdm(total=total, desc="episodes", unit="ep", dynamic_ncols=True)
+    with open(path, "a", encoding="utf-8") as out:
+        def on_done(ep):
+            record = ep.record()
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            records.append(record)
+            bar.update(1)
+            bar.set_postfix(solved=f"{sum(r['metadata']['episode']['reward'] for r in records):.0f}"
+                            f"/{len(records)}")
+
+        for run, tasks in todo.items():
+            if not tasks:
+                continue
+            if args.replay:
+                policy = ReplayPolicy(renderer, args.batch)
+            else:
+                stops = default_stop_tokens(config, tokenizer)
+                sampling = sampling_from_args(args, args.max_turn_tokens, stops).replace(
+                    seed=args.seed * 1000 + run)
+                policy = EnginePolicy(engine, sampling)
+            run_episodes(tasks, policy, renderer, slots=args.batch, budgets=budgets,
+                         on_done=on_done, run=run)
+    bar.close()
+    wanted = {f"{make_task(d, h, eval_seed(args.seed), i).id}-run{run}"
+              for d in domains for h in horizons for i in range(args.n) for run in range(args.runs)}
+    records = [r for r in records if r["id"] in wanted]
+    rows = summarize(records, args.runs)
+    took = time.perf_counter() - start
+    header = (f"Success of {'the replayed references' if args.replay else args.model} on "
+              f"held-out tasks (task seed {eval_seed(args.seed)}), {args.n} tasks x {args.runs} "
+              f"run(s) per cell; {took:.0f} s.")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"model": args.model, "replay": args.replay, "seed": args.seed,
+                   "task_seed": eval_seed(args.seed), "runs": args.runs, "n": args.n,
+                   "budgets": vars(budgets), "wall_time_s": took, "rows": rows}, f, indent=1)
+    table = markdown(rows, args.runs, header)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(table)
+    plot(rows, args.runs, os.path.join(args.out, "success_by_horizon.png"))
+    print(table)
+    print(f"wrote {args.out}/results.json, results.md, success_by_horizon.png, episodes.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
