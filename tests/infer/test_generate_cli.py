@@ -1,0 +1,55 @@
+"""`python -m a1jax.generate` on a directory transformers wrote: greedy tokens equal
+transformers' own `generate`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from a1jax import generate
+from a1jax.errors import A1Error
+from a1jax.model import get_preset
+from tests.conftest import hf_model, random_params
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    config = get_preset("tiny")
+    model = hf_model(config, random_params(config, seed=3))
+    path = tmp_path_factory.mktemp("hf") / "tiny"
+    model.save_pretrained(str(path))
+    return path, model
+
+
+def test_greedy_generate_equals_transformers(hf_dir, tmp_path):
+    path, model = hf_dir
+    rng = np.random.RandomState(0)
+    prompts = [rng.randint(3, 512, n).tolist() for n in (7, 20, 13)]  # ragged
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    out = tmp_path / "out.json"
+    assert generate.main(["--model", str(path), "--prompt-tokens", str(tmp_path / "prompts.json"),
+                          "--max-new-tokens", "64", "--greedy", "--out", str(out)]) == 0
+    ours = json.loads(out.read_text())
+    eos = model.config.eos_token_id
+    for i, prompt in enumerate(prompts):
+        with torch.no_grad():
+            theirs = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=64,
+                                    eos_token_id=eos, pad_token_id=0)[0, len(prompt):].tolist()
+        assert ours["tokens"][i] == theirs
+        assert ours["finish_reason"][i] == ("stop" if theirs[-1] == eos else "length")
+        assert len(ours["logprobs"][i]) == len(theirs)
+        assert all(lp <= 0 for lp in ours["logprobs"][i])
+
+
+@pytest.mark.parametrize("rows,message", [
+    ([[1, 2], []], "row 1 is empty"),
+    ([[1, 600]], "row 0, position 1: 600 is not a token id in [0, 512)"),
+    ({"a": 1}, "expected a non-empty JSON list of token-id lists"),
+])
+def test_bad_prompt_files(tmp_path, rows, message):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(rows))
+    with pytest.raises(A1Error) as e:
+        generate.read_prompts(str(path), 512)
+    assert str(e.value) == f"{path}: {message}"
