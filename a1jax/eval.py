@@ -27,11 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from a1jax import cli, devices
+from a1jax.data.synth import EVAL_SEED_BASE
 from a1jax.errors import A1Error
-
-# Evaluation task seeds start here; experiment seeds stay far below it (tests check both).
-EVAL_SEED_BASE = 1_000_000
-
 
 def eval_seed(seed: int) -> int:
     return EVAL_SEED_BASE + seed

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import ml_collections
 from ml_collections import config_dict
 
+from a1jax.data import synth
 from a1jax.errors import A1Error
 from a1jax.model import ModelConfig, get_preset
 from a1jax.model.presets import PRESETS
@@ -226,6 +227,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ExperimentError(f"data.mixture names {unknown[0]!r}, which the synthetic "
                               f"generator does not know ({', '.join(DOMAINS)}); set data.dir "
                               "to a prepared dataset for other domains")
+    if not 0 <= c.seed < synth.EVAL_SEED_BASE:
+        raise ExperimentError(f"seed must be in [0, {synth.EVAL_SEED_BASE}): seeds from "
+                              f"{synth.EVAL_SEED_BASE} on make a1jax.eval's held-out tasks")
     if not 1 <= c.data.horizon_min <= c.data.horizon_max:
         raise ExperimentError(f"data horizon range [{c.data.horizon_min}, "
                               f"{c.data.horizon_max}] is empty")

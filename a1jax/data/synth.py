@@ -31,6 +31,9 @@ from a1jax.data import args as argparsing
 from a1jax.errors import A1Error
 
 MOD = 1_000_003
+# Task seeds from here on are held out for evaluation (a1jax.eval); training seeds stay below
+# (a1jax.experiment refuses others), so no evaluated task was ever trained on.
+EVAL_SEED_BASE = 1_000_000
 SYSTEM = "You are an agent that solves tasks step by step with tools. Verify before answering."
 
 

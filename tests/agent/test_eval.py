@@ -1,0 +1,66 @@
+"""`python -m a1jax.eval`: held-out task seeds, the three files, resuming, and a verifier path
+that neither passes a random model nor fails the replayed references."""
+
+import json
+
+import pytest
+
+from a1jax import eval as evaluate
+from a1jax import experiment
+from a1jax.data import synth
+from a1jax.data.tokenizer import SHIPPED_TOKENIZER_DIR, load_tokenizer
+from a1jax.model import get_preset
+from experiments.curriculum import (stage1_foundation, stage2_trajectory_extension,
+                                    stage3_frontier_hardening)
+from tests.conftest import hf_model, random_params
+
+
+def test_evaluation_seeds_are_disjoint_from_every_training_seed():
+    for stage in (stage1_foundation, stage2_trajectory_extension, stage3_frontier_hardening):
+        for model in ("tiny", "bench", "agents_a1_35b"):
+            assert stage.get_config(f"model={model}").seed < synth.EVAL_SEED_BASE
+    assert evaluate.eval_seed(0) == synth.EVAL_SEED_BASE
+    config = stage1_foundation.get_config("model=tiny")
+    config.seed = synth.EVAL_SEED_BASE
+    with pytest.raises(experiment.ExperimentError) as e:
+        experiment.validate(config)
+    assert str(e.value) == ("seed must be in [0, 1000000): seeds from 1000000 on make "
+                            "a1jax.eval's held-out tasks")
+
+
+def test_replay_scores_everything_writes_three_files_and_resumes(tmp_path, capsys):
+    argv = ["--replay", "--horizons", "1,2", "--n", "2", "--runs", "2", "--out", str(tmp_path)]
+    assert evaluate.main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["rows"]) == 6  # 3 domains x 2 horizons
+    for row in results["rows"]:
+        assert (row["avg@2"], row["pass@2"], row["best@1"], row["finished"]) == (1, 1, 1, 1)
+        assert row["tasks"] == 2 and row["episodes"] == 4
+    assert (tmp_path / "success_by_horizon.png").stat().st_size > 0
+    assert "| calculator | 1 | 1.000 |" in (tmp_path / "results.md").read_text()
+    records = (tmp_path / "episodes.jsonl").read_text().splitlines()
+    assert len(records) == 24
+    assert all(json.loads(r)["metadata"]["seed"] == synth.EVAL_SEED_BASE for r in records)
+    capsys.readouterr()
+    assert evaluate.main(argv) == 0  # nothing left to run
+    assert "resuming: 24 episodes already in" in capsys.readouterr().out
+    assert len((tmp_path / "episodes.jsonl").read_text().splitlines()) == 24
+
+
+def test_a_random_model_solves_nothing(tmp_path):
+    config = get_preset("tiny").replace(vocab_size=len(load_tokenizer()), eos_token_id=None)
+    model_dir = tmp_path / "random"
+    hf_model(config, random_params(config, seed=5)).save_pretrained(str(model_dir))
+    out = tmp_path / "eval"
+    assert evaluate.main(["--model", str(model_dir), "--tokenizer", str(SHIPPED_TOKENIZER_DIR),
+                          "--horizons", "1", "--n", "2", "--runs", "1", "--greedy",
+                          "--max-turn-tokens", "24", "--max-turns", "2", "--batch", "4",
+                          "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["domain"] for r in rows] == ["calculator", "files", "kb_search"]
+    assert all(r["avg@1"] == 0.0 and r["episodes"] == 2 for r in rows)
+    for line in (out / "episodes.jsonl").read_text().splitlines():
+        record = json.loads(line)["metadata"]["episode"]
+        assert record["status"] in ("truncated", "finished")
+        assert len(record["tokens"]) == len(record["model_mask"]) == len(record["logprobs"])
+        assert all(lp <= 0 for lp, m in zip(record["logprobs"], record["model_mask"]) if m)
