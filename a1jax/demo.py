@@ -11,6 +11,8 @@
 4. A per-stage table, the loss and expert-load plots.
 5. The final model exported as a Hugging Face directory, loaded by transformers: the same
    logits as a1jax, and a generated reply parsed with the chat template's tool-call format.
+6. The final model evaluated as an agent (`a1jax.eval`): episodes in the synthetic domains'
+   environments on held-out tasks, and the success table by domain and horizon.
 """
 
 from __future__ import annotations
@@ -80,7 +82,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print("(already exported)")
     check_with_transformers(export_dir, workdir)
+    evaluate(export_dir, os.path.join(workdir, "eval"), smoke=args.smoke)
     return 0
+
+
+def evaluate(model_dir: str, out: str, smoke: bool) -> None:
+    """The final model as an agent: episodes on held-out tasks of every domain, its success
+    rate by horizon (a1jax.eval, greedy; small enough for a minute or two on 2 cores)."""
+    _step("The final model as an agent: success on held-out tasks (python -m a1jax.eval)")
+    horizons, n = ("1", "1") if smoke else ("1,2", "4")
+    subprocess.run([sys.executable, "-m", "a1jax.eval", "--model", model_dir, "--horizons",
+                    horizons, "--n", n, "--runs", "1", "--greedy", "--batch", "12",
+                    "--max-turns", "6", "--max-turn-tokens", "160", "--max-context", "4096",
+                    "--out", out], check=True)
 
 
 def check_with_transformers(export_dir: str, workdir: str) -> None:

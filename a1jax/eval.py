@@ -93,6 +93,34 @@ def plot(rows: list[dict[str, Any]], runs: int, path: str) -> None:
     plt.close(fig)
 
 
+def success_during_training(engine, tokenizer, settings: dict[str, Any], seed: int
+                            ) -> dict[str, float]:
+    """One greedy run of `settings` (experiment.agent_eval_settings) with the engine's current
+    parameters: {"success": overall, "success/DOMAIN/hH": per cell, "finished": fraction}."""
+    from a1jax.agent.environment import make_task
+    from a1jax.agent.episode import Budgets, EnginePolicy, Renderer, run_episodes
+    from a1jax.data.chat_template import template_for
+    from a1jax.generate import default_stop_tokens
+    from a1jax.infer.sampling import SamplingParams
+
+    renderer = Renderer(tokenizer, template_for(tokenizer))
+    budgets = Budgets(max_turns=settings["max_turns"],
+                      max_turn_tokens=settings["max_turn_tokens"],
+                      max_context=settings["max_context"])
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=settings["max_turn_tokens"],
+                              stop_tokens=tuple(default_stop_tokens(engine.config, tokenizer)))
+    tasks = [make_task(d, h, eval_seed(seed), i) for d in settings["domains"]
+             for h in settings["horizons"] for i in range(settings["n"])]
+    episodes = run_episodes(tasks, EnginePolicy(engine, sampling), renderer,
+                            slots=engine.batch, budgets=budgets)
+    rows = summarize([e.record() for e in episodes], runs=1)
+    out = {"success": float(np.mean([e.reward for e in episodes])),
+           "finished": float(np.mean([e.status == "finished" for e in episodes])),
+           "assistant_tokens": float(np.mean([e.assistant_tokens for e in episodes]))}
+    out.update({f"success/{r['domain']}/h{r['horizon']}": r["avg@1"] for r in rows})
+    return out
+
+
 def _ints(text: str, flag: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]

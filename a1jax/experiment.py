@@ -98,6 +98,18 @@ def base() -> ml_collections.ConfigDict:
 
     c.log_every = 5
     c.eval_every = 25
+    # The model as an agent during training: greedy episodes on held-out tasks (a1jax.eval's
+    # loop and environments), success by domain and horizon logged as kind "agent_eval" every
+    # `every` steps and at the end (0: off).
+    c.agent_eval = ml_collections.ConfigDict()
+    c.agent_eval.every = 0
+    c.agent_eval.domains = ",".join(DOMAINS)
+    c.agent_eval.horizons = "1,2"
+    c.agent_eval.n = 4  # tasks per domain and horizon
+    c.agent_eval.batch = 8  # episodes decoded together (a multiple of the mesh's row shards)
+    c.agent_eval.max_turns = 8
+    c.agent_eval.max_turn_tokens = 256
+    c.agent_eval.max_context = 4096
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 25
     c.checkpoint.keep = 2  # the latest K, plus the stage's final step, always kept
@@ -227,6 +239,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ExperimentError(f"data.mixture names {unknown[0]!r}, which the synthetic "
                               f"generator does not know ({', '.join(DOMAINS)}); set data.dir "
                               "to a prepared dataset for other domains")
+    if c.agent_eval.every < 0:
+        raise ExperimentError(f"agent_eval.every must be >= 0 (0: off), got {c.agent_eval.every}")
+    if c.agent_eval.every:
+        agent_eval_settings(c)
     if not 0 <= c.seed < synth.EVAL_SEED_BASE:
         raise ExperimentError(f"seed must be in [0, {synth.EVAL_SEED_BASE}): seeds from "
                               f"{synth.EVAL_SEED_BASE} on make a1jax.eval's held-out tasks")
@@ -239,6 +255,28 @@ def validate(c: ml_collections.ConfigDict) -> None:
             f"seq_len {c.seq_len} exceeds the model's context max_position_embeddings="
             f"{config.max_position_embeddings}; set --config.model.rope_scaling=yarn to extend it")
     num_steps(c)
+
+
+def agent_eval_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`agent_eval` as typed values: domains, horizons, n, batch and the episode budgets."""
+    a = c.agent_eval
+    domains = [d.strip() for d in a.domains.split(",") if d.strip()]
+    unknown = [d for d in domains if d not in DOMAINS]
+    if not domains or unknown:
+        raise ExperimentError(f"agent_eval.domains: {a.domains!r}; known: {', '.join(DOMAINS)}")
+    try:
+        horizons = [int(h) for h in a.horizons.split(",") if h.strip()]
+    except ValueError:
+        horizons = []
+    if not horizons or min(horizons) < 1:
+        raise ExperimentError(f"agent_eval.horizons must be positive integers, got "
+                              f"{a.horizons!r}")
+    for key in ("n", "batch", "max_turns", "max_turn_tokens", "max_context"):
+        if a[key] < 1:
+            raise ExperimentError(f"agent_eval.{key} must be positive, got {a[key]}")
+    return {"domains": domains, "horizons": horizons, "n": a.n, "batch": a.batch,
+            "max_turns": a.max_turns, "max_turn_tokens": a.max_turn_tokens,
+            "max_context": a.max_context}
 
 
 # Model fields that say how to compute, not what the parameters are: a checkpoint made with other

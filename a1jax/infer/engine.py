@@ -21,7 +21,7 @@ the engine as they are, with no copy.
 from __future__ import annotations
 
 import contextlib
-import functools
+import dataclasses
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -69,12 +69,12 @@ class Engine:
             raise A1Error(f"batch must be >= 1 and max_len >= 2, got {batch} and {max_len}")
         self.config, self.params = config, params
         self.batch, self.max_len, self.prefill_chunk = batch, max_len, prefill_chunk
-        self.spec = spec
         self.mesh = None if spec is None else make_mesh(spec)
         if spec is not None:
-            if spec.axes["sequence"] > 1:
-                raise A1Error("decoding splits rows over `data` and `expert`; mesh axis "
-                              f"sequence={spec.axes['sequence']} must be 1")
+            # Rows are whole on a device: decoding never splits the time axis. A training
+            # layout with a `sequence` axis still serves (its devices then share rows' work
+            # as XLA sees fit), so a training state's parameters feed the engine as they are.
+            spec = dataclasses.replace(spec, rules=(("act_seq", None),) + tuple(spec.rules))
             row_axes = logical_spec(("act_batch",), spec.rules)[0]
             row_axes = () if row_axes is None else (
                 (row_axes,) if isinstance(row_axes, str) else tuple(row_axes))
@@ -83,6 +83,7 @@ class Engine:
                 raise A1Error(f"batch {batch} must be a multiple of the {shards} row shards of "
                               f"mesh axes {', '.join(row_axes)}")
             self._row_axes = row_axes
+        self.spec = spec
         self.model = Transformer(config)
         self.lengths = np.zeros(batch, np.int64)  # host mirror of the cache's lengths
         with self.context():

@@ -41,9 +41,11 @@ def load_model(path: str, dtype: str = "float32") -> tuple[ModelConfig, dict]:
 
 
 def tokenizer_dir(model_path: str) -> str | None:
-    """The tokenizer that travels with a model: the HF directory's own, or the one a run's
-    workdir records (a checkpoint made by a1jax.train of data with `data.tokenizer`)."""
-    for candidate in (model_path, os.path.join(model_path, "tokenizer")):
-        if os.path.isfile(os.path.join(candidate, "tokenizer.json")):
-            return candidate
-    return None
+    """The tokenizer that travels with a model: a Hugging Face directory's own, or the one an
+    a1jax checkpoint's run trained with (its meta records it); None: a1jax's own."""
+    if is_hf_dir(model_path):
+        return model_path if os.path.isfile(os.path.join(model_path, "tokenizer.json")) else None
+    from a1jax.convert import orbax_io
+
+    recorded = orbax_io.read_meta(orbax_io.resolve_step_dir(model_path)).get("tokenizer")
+    return recorded if recorded and os.path.isdir(recorded) else None

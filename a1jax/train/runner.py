@@ -200,6 +200,29 @@ def _evaluate(trainer: Trainer, params, batches) -> float:
     return total / max(count, 1.0)
 
 
+def _agent_eval(c: ml_collections.ConfigDict, plan: Plan, tokenizer) -> Callable[[Any], dict]:
+    """params -> success metrics (a1jax.eval's greedy episodes). The engine is built on the
+    first call and keeps its compiled programs; it reads the training state's parameters in
+    place, in their shardings (no copy)."""
+    if not c.agent_eval.every:
+        return lambda params: {}
+    from a1jax.eval import success_during_training
+    from a1jax.infer.engine import Engine
+
+    settings = experiment.agent_eval_settings(c)
+    engine = None
+
+    def evaluate(params) -> dict:
+        nonlocal engine
+        if engine is None:
+            engine = Engine(plan.model_config, params, batch=settings["batch"],
+                            max_len=settings["max_context"], spec=plan.spec)
+        engine.params = params
+        return success_during_training(engine, tokenizer, settings, c.seed)
+
+    return evaluate
+
+
 def run(c: ml_collections.ConfigDict, workdir: str, *,
         batch_hook: Callable[[int, dict], dict] | None = None,
         report: Callable[[str], None] = print) -> dict[str, Any]:
@@ -258,6 +281,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
             meta["hf_source"] = ckpt_lib.Checkpointer(
                 plan.init_path, read_only=True).meta(plan.init_step).get("hf_source")
 
+    agent_eval = _agent_eval(c, plan, tokenizer)
     log = MetricsLog(workdir, start)
     eval_loss = None
     if start == 0:
@@ -309,6 +333,11 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
                 eval_loss = _evaluate(trainer, state.params, eval_data)
                 log.write(step, "eval", {"loss": eval_loss})
                 progress.note(f"{c.stage}: step {step} eval loss {eval_loss:.4f}")
+            if c.agent_eval.every and (step % c.agent_eval.every == 0 or step == plan.steps):
+                success = agent_eval(state.params)
+                log.write(step, "agent_eval", success)
+                progress.note(f"{c.stage}: step {step} agent success {success['success']:.3f} "
+                              f"({success['finished']:.0%} of episodes answered)")
             stop = preemption.requested()
             meta["seconds"] += time.perf_counter() - began
             began = time.perf_counter()

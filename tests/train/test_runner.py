@@ -27,7 +27,8 @@ quiet = dict(report=lambda _: None)
 def reference(tmp_path_factory):
     """Stage 1 smoke, six steps, uninterrupted, in this process."""
     workdir = str(tmp_path_factory.mktemp("reference"))
-    summary = runner.run(stage1(), workdir, **quiet)
+    summary = runner.run(stage1("agent_eval.every=3", "agent_eval.n=1", "agent_eval.horizons=1",
+                                "agent_eval.max_turn_tokens=48"), workdir, **quiet)
     assert summary["status"] == "finished" and summary["steps"] == 6
     return workdir
 
@@ -217,3 +218,26 @@ def test_score_reads_a_run_checkpoint(reference, tmp_path):
     logits, _ = score.score(config, final_params(reference),
                             np.array([[5, 17, 300, 2, 9, 4095]], np.int32))
     np.testing.assert_array_equal(np.load(out)["logits"], logits)
+
+
+def test_agent_eval_during_training_equals_the_eval_cli_on_the_checkpoint(reference, tmp_path):
+    """The runner evaluates the training state's parameters in place, on the training mesh
+    (data x expert x sequence); a1jax.eval on the saved checkpoint, on one device, decodes the
+    same greedy episodes."""
+    from a1jax import eval as evaluate
+    from a1jax.train import metrics
+
+    records = [r for r in metrics.read(reference) if r["kind"] == "agent_eval"]
+    assert [r["step"] for r in records] == [3, 6]
+    final = records[-1]
+    assert set(final) == {"step", "kind", "success", "finished", "assistant_tokens",
+                          "success/calculator/h1", "success/files/h1", "success/kb_search/h1"}
+    assert evaluate.main(["--model", os.path.join(reference, "checkpoints"), "--greedy",
+                          "--horizons", "1", "--n", "1", "--runs", "1", "--max-turns", "8",
+                          "--max-turn-tokens", "48", "--max-context", "4096",
+                          "--out", str(tmp_path)]) == 0
+    import json
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert final["success"] == np.mean([r["avg@1"] for r in rows])
+    assert final["assistant_tokens"] == np.mean([r["assistant_tokens"] for r in rows])
+    assert final["finished"] == np.mean([r["finished"] for r in rows])
