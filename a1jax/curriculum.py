@@ -142,7 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     from absl import logging
+
+    from a1jax import devices, experiment
     logging.set_verbosity(logging.WARNING)
+    stages = configs(args.model, smoke=args.smoke, mesh=args.mesh, layout=args.layout,
+                     sets=args.set, workdir=args.workdir)
+    devices.simulate_cpu_devices(max(experiment.devices_needed(c) for c in stages))
     summaries = run(args.model, args.workdir, smoke=args.smoke, mesh=args.mesh,
                     layout=args.layout, sets=args.set)
     print()

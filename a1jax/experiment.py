@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from typing import Any, Mapping
 
 import ml_collections
@@ -26,7 +27,7 @@ from a1jax.data import synth
 from a1jax.errors import A1Error
 from a1jax.model import ModelConfig, get_preset
 from a1jax.model.presets import PRESETS
-from a1jax.sharding import MeshSpec
+from a1jax.sharding import MeshSpec, get_layout
 from a1jax.train.optim import OptimConfig
 
 
@@ -209,6 +210,19 @@ def mesh_spec(c: ml_collections.ConfigDict, num_devices: int | None = None) -> M
     if not c.mesh.layout and not axes:
         raise ExperimentError("set mesh.layout or mesh.axes")
     return MeshSpec.create(c.mesh.layout or None, axes or None, rules, num_devices)
+
+
+def devices_needed(c: ml_collections.ConfigDict) -> int:
+    """The fewest devices the layout runs on: the product of its fixed axis sizes (an axis of
+    -1 takes what is left, at least 1), or mesh.num_devices if larger. Needs no devices."""
+    sizes = dict(get_layout(c.mesh.layout).axes) if c.mesh.layout else {}
+    for name, value in _pairs(c.mesh.axes, "mesh.axes"):
+        try:
+            sizes[name] = int(value)
+        except ValueError:
+            raise ExperimentError(f"mesh.axes: size of {name} must be an integer, got "
+                                  f"{value!r}") from None
+    return max(math.prod(v for v in sizes.values() if v > 0), c.mesh.num_devices)
 
 
 def num_steps(c: ml_collections.ConfigDict) -> int:

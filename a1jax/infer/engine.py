@@ -85,6 +85,9 @@ class Engine:
             self._row_axes = row_axes
         self.spec = spec
         self.model = Transformer(config)
+        # One token per row: the MoE runs as one batched matmul over fixed expert slots
+        # (a1jax.model.dispatch.batched); prompts keep the configured dispatch.
+        self.decode_model = Transformer(config.replace(moe_dispatch="batched"))
         self.lengths = np.zeros(batch, np.int64)  # host mirror of the cache's lengths
         with self.context():
             self._init = jax.jit(self._empty_state, out_shardings=self._state_sharding())
@@ -131,8 +134,9 @@ class Engine:
 
     def _forward(self, params, state: DecodeState, tokens_bt, valid_bt) -> DecodeState:
         """Appends the valid tokens; rows with any take the logits after their last one."""
-        out = self.model.apply({"params": params}, tokens_bt, cache=state.cache,
-                               valid_bt=valid_bt, head=False)
+        model = self.decode_model if tokens_bt.shape[1] == 1 else self.model
+        out = model.apply({"params": params}, tokens_bt, cache=state.cache, valid_bt=valid_bt,
+                          head=False)
         count_b = jnp.sum(valid_bt, axis=1)
         last_b = jnp.maximum(count_b - 1, 0)
         hidden_bd = jnp.take_along_axis(out.hidden_btd, last_b[:, None, None], axis=1)[:, 0]

@@ -16,7 +16,7 @@ LINEAR = "linear_attention"
 # float64 is for precision tests (with jax_enable_x64 and float64 params): the math that runs
 # in fp32 for bf16 and fp32 then runs in fp64, so sharded and unsharded paths compare at 1e-10.
 DTYPES = ("float32", "bfloat16", "float64")
-MOE_DISPATCH = ("dense", "dropless", "expert_parallel")
+MOE_DISPATCH = ("dense", "dropless", "batched", "expert_parallel")
 REMAT = ("none", "full", "dots")
 ATTENTION_IMPL = ("reference", "blockwise", "cudnn")
 
@@ -69,7 +69,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; params stay float32 (norms, router, recurrence in fp32)
     deltanet_chunk_size: int = 64
     deltanet_impl: str = "chunked"  # "chunked" (training) or "recurrent" (token by token)
-    moe_dispatch: str = "dropless"  # see a1jax.model.dispatch; "dense" is the reference
+    # see a1jax.model.dispatch: "dense" is the reference, "dropless" training's, "batched"
+    # decoding's (the engine's choice for one token per row), "expert_parallel" all-to-all.
+    moe_dispatch: str = "dropless"
     moe_capacity_factor: float = 0.0  # expert_parallel only; 0 = worst case, nothing dropped
     remat: str = "none"  # per decoder layer: "none", "full" (save nothing), "dots" (save matmuls)
     # Scan over layer blocks: the decoder runs as a `lax.scan` over repeats of its layer pattern

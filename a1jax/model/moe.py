@@ -16,7 +16,7 @@ from a1jax.model.context import flatten_tokens, over_tokens, sequence_shards, un
 from jax.sharding import PartitionSpec as P
 from a1jax.model.expert_parallel import expert_parallel
 
-DISPATCH = {"dense": dispatch.dense, "dropless": dispatch.dropless,
+DISPATCH = {"dense": dispatch.dense, "dropless": dispatch.dropless, "batched": dispatch.batched,
             "expert_parallel": expert_parallel}
 
 

@@ -81,6 +81,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
+        if distributed_env() is None:
+            from a1jax import devices, experiment
+            devices.simulate_cpu_devices(experiment.devices_needed(CONFIG.value))
         init_distributed()
     except A1Error as e:
         print(f"error: {e}", file=sys.stderr)

@@ -77,6 +77,25 @@ def test_dispatch_strategies_agree_in_outputs_and_gradients():
             np.testing.assert_allclose(g, rg, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("skewed", [False, True])
+def test_batched_dispatch_equals_dense_whatever_the_load(skewed):
+    """Decoding's dispatch: expert slots, further rounds for an expert past its capacity."""
+    t, d, f, e, k = 24, 16, 8, 6, 2
+    keys = jax.random.split(jax.random.key(1), 5)
+    x = jax.random.normal(keys[0], (t, d))
+    logits = jax.random.normal(keys[1], (t, e))
+    if skewed:  # every token's first choice is expert 3: 24 assignments for 8 slots
+        logits = logits.at[:, 3].set(10.0)
+    top, experts = jax.lax.top_k(jax.nn.softmax(logits), k)
+    weights = top / top.sum(-1, keepdims=True)
+    w = [0.3 * jax.random.normal(kk, s) for kk, s in
+         zip(keys[2:], [(e, d, f), (e, d, f), (e, f, d)])]
+    ref = dispatch.dense(x, weights, experts, *w)[0]
+    for factor in (2.0, 0.5):  # 16 or 4 slots per expert
+        out = jax.jit(dispatch.batched, static_argnums=(6,))(x, weights, experts, *w, factor)[0]
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_bfloat16_compute_stays_close_to_float32():
     params = random_params(TINY)
     tokens = _tokens((1, 24))
@@ -96,7 +115,7 @@ def test_bfloat16_compute_stays_close_to_float32():
     (dict(layer_types=("full_attention",)),
      "layer_types has 1 entries but num_hidden_layers is 4"),
     (dict(num_experts_per_tok=9), "num_experts_per_tok (9) exceeds num_experts (8)"),
-    (dict(moe_dispatch="magic"), "moe_dispatch must be one of ('dense', 'dropless', 'expert_parallel'), got 'magic'"),
+    (dict(moe_dispatch="magic"), "moe_dispatch must be one of ('dense', 'dropless', 'batched', 'expert_parallel'), got 'magic'"),
 ])
 def test_bad_config_is_a_clear_error(change, message):
     with pytest.raises(ConfigError) as info:
