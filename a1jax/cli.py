@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from a1jax.errors import A1Error
 
@@ -21,3 +22,14 @@ def run(main: Callable[[Sequence[str] | None], int | None],
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(status or 0)
+
+
+def read_json(path: str) -> Any:
+    """A JSON file's value; a missing file or invalid JSON is an A1Error naming the path."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise A1Error(f"{path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise A1Error(f"{path}: invalid JSON: {e}") from None

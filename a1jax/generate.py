@@ -33,13 +33,7 @@ from a1jax.infer.sampling import RELEASE, SamplingParams
 
 def read_prompts(path: str, vocab_size: int) -> list[list[int]]:
     """A JSON list of non-empty token-id lists (ragged allowed), ids in [0, vocab_size)."""
-    try:
-        with open(path) as f:
-            rows = json.load(f)
-    except FileNotFoundError:
-        raise A1Error(f"{path}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise A1Error(f"{path}: invalid JSON: {e}") from None
+    rows = cli.read_json(path)
     if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):
         raise A1Error(f"{path}: expected a non-empty JSON list of token-id lists")
     for i, row in enumerate(rows):
@@ -53,13 +47,7 @@ def read_prompts(path: str, vocab_size: int) -> list[list[int]]:
 
 
 def read_chat(path: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except FileNotFoundError:
-        raise A1Error(f"{path}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise A1Error(f"{path}: invalid JSON: {e}") from None
+    raw = cli.read_json(path)
     if isinstance(raw, list):
         return raw, None
     if isinstance(raw, dict) and isinstance(raw.get("messages"), list):

@@ -14,7 +14,6 @@ log-probability of token t+1 given tokens 0..t).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from typing import Sequence
@@ -31,13 +30,7 @@ from a1jax.model import DTYPES, ModelConfig, Transformer
 
 def read_tokens(path: str, vocab_size: int) -> np.ndarray:
     """[batch, length] int32 from a JSON list of equal-length lists of ids in [0, vocab_size)."""
-    try:
-        with open(path) as f:
-            rows = json.load(f)
-    except FileNotFoundError:
-        raise A1Error(f"{path}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise A1Error(f"{path}: invalid JSON: {e}") from None
+    rows = cli.read_json(path)
     if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):
         raise A1Error(f"{path}: expected a non-empty JSON list of token-id lists")
     lengths = sorted({len(r) for r in rows})

@@ -112,17 +112,18 @@ class Engine:
     def _state_sharding(self):
         if self.mesh is None:
             return None
-        shapes = jax.eval_shape(self._empty_state)
-        stacked = self.config.scan_layers
-
         def spec(path, leaf):
-            in_layers = any(getattr(k, "name", None) == "layers" for k in path)
-            axis = 1 if (stacked and in_layers) else 0
             parts = [None] * len(leaf.shape)
-            parts[axis] = self._row_axes or None
+            parts[self._row_axis(path)] = self._row_axes or None
             return NamedSharding(self.mesh, P(*parts))
 
-        return jax.tree_util.tree_map_with_path(spec, shapes)
+        return jax.tree_util.tree_map_with_path(spec, jax.eval_shape(self._empty_state))
+
+    def _row_axis(self, path) -> int:
+        """Which axis of a state leaf is the row: 1 in a scanned model's stacked layer caches
+        (after the repeats), else 0."""
+        in_layers = any(getattr(k, "name", None) == "layers" for k in path)
+        return 1 if (self.config.scan_layers and in_layers) else 0
 
     # ---- the jitted programs --------------------------------------------------------------
 
@@ -153,8 +154,7 @@ class Engine:
 
     def _reset_fn(self, state: DecodeState, rows_b) -> DecodeState:
         def clear(path, x):
-            in_layers = any(getattr(k, "name", None) == "layers" for k in path)
-            axis = 1 if (self.config.scan_layers and in_layers) else 0
+            axis = self._row_axis(path)
             shape = [1] * x.ndim
             shape[axis] = x.shape[axis]
             return jnp.where(rows_b.reshape(shape), jnp.zeros((), x.dtype), x)
