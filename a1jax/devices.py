@@ -25,6 +25,8 @@ def parse_axes(text: str) -> dict[str, int]:
             axes[name.strip()] = int(size)
         except ValueError:
             raise A1Error(f"mesh: expected AXIS=SIZE[,AXIS=SIZE], got {part!r}") from None
+        if axes[name.strip()] < 1:
+            raise A1Error(f"mesh: axis sizes must be positive, got {part!r}")
     return axes
 
 
@@ -55,3 +57,13 @@ def simulate_cpu_devices(count: int) -> bool:
 def simulate_for(axes: dict[str, int]) -> bool:
     """`simulate_cpu_devices` for the product of explicit axis sizes (-1 entries ignored)."""
     return simulate_cpu_devices(math.prod(s for s in axes.values() if s > 0))
+
+
+def mesh_spec(axes: dict[str, int]):
+    """A MeshSpec of exactly these axis sizes on the first devices they need (None for no
+    axes: one device, no mesh)."""
+    if not axes:
+        return None
+    from a1jax.sharding import MeshSpec
+
+    return MeshSpec.create(axes=axes, num_devices=math.prod(axes.values()))

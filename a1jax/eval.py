@@ -182,14 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         from a1jax.infer.engine import Engine
         from a1jax.infer.load import load_model, tokenizer_dir
-        from a1jax.sharding import MeshSpec
 
         config, params = load_model(args.model, args.dtype)
         tokenizer = load_tokenizer(args.tokenizer or tokenizer_dir(args.model))
         if len(tokenizer) > config.vocab_size:
             raise A1Error(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary "
                           f"{config.vocab_size}: pass the model's own tokenizer (--tokenizer)")
-        spec = MeshSpec.create(axes=mesh_axes) if mesh_axes else None
+        spec = devices.mesh_spec(mesh_axes)
         engine = Engine(config, params, batch=args.batch, max_len=args.max_context, spec=spec)
     renderer = Renderer(tokenizer, template_for(tokenizer))
 

@@ -125,7 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from a1jax.data.tokenizer import load_tokenizer
     from a1jax.infer.engine import Engine
     from a1jax.infer.load import load_model, tokenizer_dir
-    from a1jax.sharding import MeshSpec
 
     start = time.perf_counter()
     config, params = load_model(args.model, args.dtype)
@@ -143,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stops = (parse_stop_tokens(args.stop_tokens) if args.stop_tokens is not None
              else default_stop_tokens(config, tokenizer))
     sampling = sampling_from_args(args, args.max_new_tokens, stops)
-    spec = MeshSpec.create(axes=spec_axes) if spec_axes else None
+    spec = devices.mesh_spec(spec_axes)
     batch = len(prompts)
     if spec is not None:  # rows fill whole shards; the padding rows are never generated
         shards = spec.axes["data"] * spec.axes["expert"]

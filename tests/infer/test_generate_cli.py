@@ -42,6 +42,24 @@ def test_greedy_generate_equals_transformers(hf_dir, tmp_path):
         assert all(lp <= 0 for lp in ours["logprobs"][i])
 
 
+def test_generate_on_a_mesh_returns_the_same_tokens(hf_dir, tmp_path):
+    path, _ = hf_dir
+    prompts = [[5, 9, 200, 31], [7, 7, 8], [300, 1, 2, 3, 4, 5]]
+    (tmp_path / "prompts.json").write_text(json.dumps(prompts))
+    outs = []
+    for mesh in ([], ["--mesh", "data=2,expert=2"]):
+        out = tmp_path / f"out{len(mesh)}.json"
+        assert generate.main(["--model", str(path), "--prompt-tokens",
+                              str(tmp_path / "prompts.json"), "--max-new-tokens", "8",
+                              "--greedy", "--out", str(out)] + mesh) == 0
+        outs.append(json.loads(out.read_text()))
+    assert outs[0]["tokens"] == outs[1]["tokens"]  # 3 prompts padded to 4 rows on the mesh
+    with pytest.raises(A1Error) as e:
+        generate.main(["--model", str(path), "--prompt-tokens", str(tmp_path / "prompts.json"),
+                       "--out", str(tmp_path / "x.json"), "--mesh", "data=0"])
+    assert str(e.value) == "mesh: axis sizes must be positive, got 'data=0'"
+
+
 @pytest.mark.parametrize("rows,message", [
     ([[1, 2], []], "row 1 is empty"),
     ([[1, 600]], "row 0, position 1: 600 is not a token id in [0, 512)"),
