@@ -83,6 +83,8 @@ def plot(rows: list[dict[str, Any]], runs: int, path: str) -> None:
         ax.plot([r["horizon"] for r in mine], [r[f"avg@{runs}"] for r in mine], marker="o",
                 label=domain)
     ax.set_xscale("log", base=2)
+    horizons = sorted({r["horizon"] for r in rows})
+    ax.set_xticks(horizons, [str(h) for h in horizons])
     ax.set_xlabel("evaluation horizon (tool steps)")
     ax.set_ylabel(f"success (avg@{runs})")
     ax.set_ylim(-0.05, 1.05)

@@ -199,6 +199,15 @@ def parse_rules(text: str, what: str = "mesh.rules") -> list[tuple[str, Any]]:
 def mesh_spec(c: ml_collections.ConfigDict, num_devices: int | None = None) -> MeshSpec:
     """The layout resolved for `num_devices` (default: mesh.num_devices, else every device)."""
     num_devices = num_devices or c.mesh.num_devices or None
+    axes = _mesh_axes(c)
+    rules = parse_rules(c.mesh.rules)
+    if not c.mesh.layout and not axes:
+        raise ExperimentError("set mesh.layout or mesh.axes")
+    return MeshSpec.create(c.mesh.layout or None, axes or None, rules, num_devices)
+
+
+def _mesh_axes(c: ml_collections.ConfigDict) -> dict[str, int]:
+    """mesh.axes ("data=2,expert=-1") as sizes."""
     axes = {}
     for name, value in _pairs(c.mesh.axes, "mesh.axes"):
         try:
@@ -206,22 +215,14 @@ def mesh_spec(c: ml_collections.ConfigDict, num_devices: int | None = None) -> M
         except ValueError:
             raise ExperimentError(f"mesh.axes: size of {name} must be an integer, got "
                                   f"{value!r}") from None
-    rules = parse_rules(c.mesh.rules)
-    if not c.mesh.layout and not axes:
-        raise ExperimentError("set mesh.layout or mesh.axes")
-    return MeshSpec.create(c.mesh.layout or None, axes or None, rules, num_devices)
+    return axes
 
 
 def devices_needed(c: ml_collections.ConfigDict) -> int:
     """The fewest devices the layout runs on: the product of its fixed axis sizes (an axis of
     -1 takes what is left, at least 1), or mesh.num_devices if larger. Needs no devices."""
     sizes = dict(get_layout(c.mesh.layout).axes) if c.mesh.layout else {}
-    for name, value in _pairs(c.mesh.axes, "mesh.axes"):
-        try:
-            sizes[name] = int(value)
-        except ValueError:
-            raise ExperimentError(f"mesh.axes: size of {name} must be an integer, got "
-                                  f"{value!r}") from None
+    sizes.update(_mesh_axes(c))
     return max(math.prod(v for v in sizes.values() if v > 0), c.mesh.num_devices)
 
 
