@@ -130,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, params = load_model(args.model, args.dtype)
     tok_path = args.tokenizer or tokenizer_dir(args.model)
     tokenizer = load_tokenizer(tok_path) if (tok_path or args.messages) else None
+    if tokenizer is not None and len(tokenizer) > config.vocab_size:
+        raise A1Error(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary "
+                      f"{config.vocab_size}: pass the model's own tokenizer (--tokenizer)")
     if args.messages:
         from a1jax.data.chat_template import render, template_for
 

@@ -10,6 +10,7 @@ import torch
 from a1jax import generate
 from a1jax.errors import A1Error
 from a1jax.model import get_preset
+from a1jax.data.tokenizer import SHIPPED_TOKENIZER_DIR, load_tokenizer
 from tests.conftest import hf_model, random_params
 
 
@@ -58,6 +59,32 @@ def test_generate_on_a_mesh_returns_the_same_tokens(hf_dir, tmp_path):
         generate.main(["--model", str(path), "--prompt-tokens", str(tmp_path / "prompts.json"),
                        "--out", str(tmp_path / "x.json"), "--mesh", "data=0"])
     assert str(e.value) == "mesh: axis sizes must be positive, got 'data=0'"
+
+
+def test_generate_a_chat_reply(hf_dir, tmp_path, capsys):
+    """--messages renders the chat (tools included) with the tokenizer's template, generates
+    and prints the reply decoded; a tokenizer larger than the model's vocabulary is refused."""
+    path, _ = hf_dir
+    chat = tmp_path / "chat.json"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "2 + 2?"}], "tools": [
+        {"type": "function", "function": {"name": "calculator", "parameters": {
+            "type": "object", "properties": {"expression": {"type": "string"}}}}}]}))
+    with pytest.raises(A1Error) as e:
+        generate.main(["--model", str(path), "--messages", str(chat)])
+    assert str(e.value) == ("the tokenizer has 4096 tokens but the model's vocabulary 512: "
+                            "pass the model's own tokenizer (--tokenizer)")
+    config = get_preset("tiny").replace(vocab_size=4096, eos_token_id=None)
+    model_dir = tmp_path / "tiny4096"
+    hf_model(config, random_params(config, seed=2)).save_pretrained(str(model_dir))
+    out = tmp_path / "reply.json"
+    capsys.readouterr()
+    assert generate.main(["--model", str(model_dir), "--messages", str(chat), "--tokenizer",
+                          str(SHIPPED_TOKENIZER_DIR), "--max-new-tokens", "12", "--greedy",
+                          "--out", str(out)]) == 0
+    reply = json.loads(out.read_text())
+    assert len(reply["tokens"][0]) == 12 and reply["finish_reason"] == ["length"]
+    text = load_tokenizer().decode(reply["tokens"][0], skip_special_tokens=False)
+    assert f"reply (length):\n{text}\n" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("rows,message", [
