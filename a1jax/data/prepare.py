@@ -1,7 +1,7 @@
 """Prepare trajectory JSONL files as a TFDS (ArrayRecord) dataset with train / eval splits.
 
     python -m a1jax.data.prepare --input 'data/*.jsonl' --out DIR [--on-error skip|fail]
-        [--tokenizer DIR] [--max-tokens N] [--eval-fraction 0.05]
+        [--tokenizer DIR] [--max-tokens N] [--eval-fraction 0.05] [--workers N]
 
 Every line is validated (`schema`), rendered in the tokenizer's chat format and tokenized with
 its loss mask, so a trajectory the trainer could not use is caught here: malformed JSON, invalid
@@ -20,8 +20,13 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
+import multiprocessing
+import os
 from collections import defaultdict
-from typing import Any
+from typing import Any, Iterable, Iterator
+
+from tqdm import tqdm
 
 from a1jax import cli
 from a1jax.data import args as argparsing
@@ -41,19 +46,34 @@ def is_eval(trajectory_id: str, fraction: float) -> bool:
 
 
 def collect(paths: list[str], encoder: TrajectoryEncoder, *, max_tokens: int | None,
-            eval_fraction: float, on_error: str, report=print
+            eval_fraction: float, on_error: str, report=print, workers: int = 1,
+            progress: bool = False
             ) -> tuple[dict[str, list[tfds_builder.Ref]], list[TrajectoryError]]:
     """Validates and measures every line of `paths`: where the accepted trajectories are, by
     split, and the rejections (printed through `report` as they are found).
-    Under on_error="fail" the first rejection raises `PrepareError` instead."""
+    Under on_error="fail" the first rejection raises `PrepareError` instead.
+
+    With `workers` > 1 the rendering, tokenizing and masking (nearly all the time) run in that
+    many processes, a chunk of lines at a time, and their results are taken in input order:
+    the outcome, and so the dataset written from it, is the same whatever the number."""
     splits: dict[str, list] = {s: [] for s in tfds_builder.SPLITS}
     rejected: list[TrajectoryError] = []
     first_seen: dict[str, str] = {}
-    for path in paths:
-        for loaded in read_jsonl(path):
-            error, num_tokens = loaded.error, 0
-            if error is None:
-                error, num_tokens = _measure(loaded, encoder, max_tokens, first_seen)
+    total = sum(_count_lines(path) for path in paths) if progress else None
+    # On a terminal only (None): a log keeps the rejections and the summary.
+    bar = tqdm(total=total, desc="prepare", unit="traj", disable=None if progress else True,
+               dynamic_ncols=True)
+    tokens = 0
+    lines = (loaded for path in paths for loaded in read_jsonl(path))
+    with _Encoders(encoder, max_tokens, workers) as encode:
+        for loaded, (reason, num_tokens) in encode(lines):
+            bar.update(1)
+            error = loaded.error
+            if error is None and loaded.trajectory["id"] in first_seen:
+                reason = f"duplicate id (first at {first_seen[loaded.trajectory['id']]})"
+            if error is None and reason is not None:
+                error = TrajectoryError(reason, loaded.source, loaded.line,
+                                        loaded.trajectory["id"])
             if error is not None:
                 if on_error == "fail":
                     raise PrepareError(str(error))
@@ -61,32 +81,94 @@ def collect(paths: list[str], encoder: TrajectoryEncoder, *, max_tokens: int | N
                 rejected.append(error)
                 continue
             traj = loaded.trajectory
+            tokens += num_tokens
+            bar.set_postfix_str(f"{tokens / max(bar.format_dict['elapsed'], 1e-9):,.0f} tok/s")
             first_seen[traj["id"]] = f"{loaded.source}:{loaded.line}"
             split = "eval" if is_eval(traj["id"], eval_fraction) else "train"
             splits[split].append(tfds_builder.Ref(loaded.source, loaded.line, loaded.offset,
                                                   traj["id"], traj["domain"], num_tokens))
+    bar.close()
     return splits, rejected
 
 
-def _measure(loaded: Loaded, encoder: TrajectoryEncoder, max_tokens: int | None,
-             first_seen: dict[str, str]) -> tuple[TrajectoryError | None, int]:
-    """The checks that need the whole file or the tokenizer: (error or None, token count)."""
-    traj = loaded.trajectory
-
-    def error(reason: str) -> TrajectoryError:
-        return TrajectoryError(reason, loaded.source, loaded.line, traj["id"])
-
-    if traj["id"] in first_seen:
-        return error(f"duplicate id (first at {first_seen[traj['id']]})"), 0
+def measure(trajectory: dict[str, Any], encoder: TrajectoryEncoder,
+            max_tokens: int | None) -> tuple[str | None, int]:
+    """The checks that need the tokenizer: (why it is rejected or None, its token count)."""
     try:
-        encoded = encoder(traj)
+        encoded = encoder(trajectory)
     except A1Error as e:  # the template refused it, or its turns cannot be found
-        return error(f"cannot render: {e}"), 0
+        return f"cannot render: {e}", 0
     if max_tokens is not None and len(encoded) > max_tokens:
-        return error(f"over-length: {len(encoded)} tokens > --max-tokens {max_tokens}"), 0
+        return f"over-length: {len(encoded)} tokens > --max-tokens {max_tokens}", 0
     if not encoded.loss_mask.any():
-        return error("nothing to train on after rendering"), 0
+        return "nothing to train on after rendering", 0
     return None, len(encoded)
+
+
+class _Encoders:
+    """`measure` over lines, in this process or in a pool of `workers` processes.
+
+    The pool starts its processes fresh ("spawn"), each unpickling the encoder once: a forked
+    copy of a process whose tokenizer or JAX runtime already runs threads can deadlock."""
+
+    def __init__(self, encoder: TrajectoryEncoder, max_tokens: int | None, workers: int):
+        self.encoder, self.max_tokens, self.workers = encoder, max_tokens, workers
+        self.pool = None
+
+    def __enter__(self):
+        if self.workers > 1:
+            context = multiprocessing.get_context("spawn")
+            self.pool = context.Pool(self.workers, initializer=_worker_init,
+                                     initargs=(self.encoder, self.max_tokens))
+        return self
+
+    def __call__(self, lines: Iterable[Loaded]
+                 ) -> Iterator[tuple[Loaded, tuple[str | None, int]]]:
+        """(line, measure of it) in input order. With a pool, a window of lines at a time, so
+        that memory holds a window, not the dataset."""
+        if self.pool is None:
+            for loaded in lines:
+                yield loaded, _measure_one(_trajectory(loaded), self.encoder, self.max_tokens)
+            return
+        window = 16 * self.workers
+        batch: list[Loaded] = []
+        for loaded in itertools.chain(lines, [None]):
+            if loaded is not None:
+                batch.append(loaded)
+            if batch and (loaded is None or len(batch) == window):
+                results = self.pool.map(_worker_measure, [_trajectory(x) for x in batch],
+                                        chunksize=2)
+                yield from zip(batch, results)
+                batch = []
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+def _trajectory(loaded: Loaded) -> dict[str, Any] | None:
+    return None if loaded.error is not None else loaded.trajectory
+
+
+def _count_lines(path: str) -> int:
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def _measure_one(trajectory, encoder, max_tokens):
+    return (None, 0) if trajectory is None else measure(trajectory, encoder, max_tokens)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(encoder: TrajectoryEncoder, max_tokens: int | None) -> None:
+    _WORKER.update(encoder=encoder, max_tokens=max_tokens)
+
+
+def _worker_measure(trajectory):
+    return _measure_one(trajectory, _WORKER["encoder"], _WORKER["max_tokens"])
 
 
 def summary(splits: dict[str, list[tfds_builder.Ref]], n_rejected: int) -> list[str]:
@@ -118,18 +200,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", default=None, help="tokenizer dir (default: a1jax's own)")
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--eval-fraction", type=float, default=0.05)
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes that render, tokenize and mask (default: all cores, one "
+                   "per 8 MiB of input: starting one costs seconds); the output does not "
+                   "depend on it")
     args = p.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        raise PrepareError("--workers must be >= 1")
     paths = sorted(glob.glob(args.input))
     if not paths:
         raise PrepareError(f"no file matches --input {args.input!r}")
     if not 0 <= args.eval_fraction < 1:
         raise PrepareError("--eval-fraction must be in [0, 1)")
+    workers = args.workers or min(os.cpu_count() or 1,
+                                  max(1, sum(os.path.getsize(p) for p in paths) >> 23))
     try:
         encoder = TrajectoryEncoder(load_tokenizer(args.tokenizer))
     except (OSError, ValueError) as e:
         raise PrepareError(f"cannot load tokenizer: {e}") from None
     splits, rejected = collect(paths, encoder, max_tokens=args.max_tokens,
-                               eval_fraction=args.eval_fraction, on_error=args.on_error)
+                               eval_fraction=args.eval_fraction, on_error=args.on_error,
+                               workers=workers, progress=True)
     if not splits["train"]:
         raise PrepareError("no valid trajectory in the train split; nothing written")
     for line in summary(splits, len(rejected)):

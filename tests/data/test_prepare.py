@@ -151,3 +151,21 @@ def test_a_trajectory_the_template_refuses_is_rejected_with_its_reason(tmp_path)
     assert splits == {"train": [], "eval": []}
     assert reports == [f"rejected {path}:1: trajectory 'no-query': cannot render: the chat "
                        "template refused the messages: No user query found in messages."]
+
+
+def test_workers_write_the_same_bytes(inputs, tmp_path, capsys):
+    """Rendering, tokenizing and masking in 2 processes: the same rejections, reported in the
+    same order, and a dataset identical byte for byte to one process's."""
+    d, _, _ = inputs
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        assert prepare.main(["--input", str(d / "*.jsonl"), "--out", str(out), "--max-tokens",
+                             "3000", "--eval-fraction", "0.3", "--workers", str(workers)]) == 0
+        printed = capsys.readouterr().out
+        files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+                 if p.is_file()}
+        outputs.append((printed.replace(str(out), "OUT"), files))
+    assert outputs[0] == outputs[1]
+    assert any(name.endswith(".array_record-00000-of-00001") for name in outputs[0][1])
+    assert sum(line.startswith("rejected ") for line in outputs[0][0].splitlines()) == 9
