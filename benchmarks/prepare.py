@@ -1,8 +1,8 @@
 """`a1jax.data.prepare`'s measuring pass (validate, render, tokenize, mask: nearly all of its
 time) in tokens/s, at 1 and more worker processes, for both kinds of chat template: a1jax's,
 whose `{% generation %}` blocks give the masks from one rendering, and the same template
-without them (a tokenizer directory's own template, as a Qwen3.5 download carries), whose
-masks come from rendering prefixes.
+without them (a tokenizer directory's own template, as a Qwen3.5 download carries): recognised
+as the same family, its masks take two renderings (`masks.renders_like_ours`).
 
     python benchmarks/prepare.py [--workers 1,2] [--n-per-domain 6] [--horizon 60]
 """
@@ -42,7 +42,7 @@ def main() -> None:
               "cpus", flush=True)
         print("| template | workers | tokens | seconds | tokens/s |")
         print("|---|---|---|---|---|")
-        for name, template in (("generation blocks", with_blocks), ("prefix renders", without)):
+        for name, template in (("generation blocks", with_blocks), ("no generation blocks", without)):
             encoder = TrajectoryEncoder(load_tokenizer(), template=template)
             for workers in (int(w) for w in args.workers.split(",")):
                 start = time.perf_counter()

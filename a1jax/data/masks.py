@@ -19,12 +19,15 @@ message text).
 That costs a rendering of a prefix per assistant turn: quadratic in the trajectory's length
 (seconds at 64K tokens). A template that marks the generated text with transformers'
 `{% generation %}` blocks (a1jax's does, at the same places) gives the starts from one rendering
-instead; tests check that both ways find identical spans.
+instead; tests check that both ways find identical spans. A template without them that renders
+like a1jax's (a Qwen3.5 download's own: checked once on probe conversations, then per trajectory
+byte for byte) borrows the starts of a1jax's rendering: two renderings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any, Sequence
 
@@ -104,6 +107,19 @@ def render_with_spans(messages: Sequence[dict[str, Any]], tools: Sequence[dict[s
     starts = None
     if use_generation_blocks and _GENERATION_TAG.search(template):
         text, starts = _generation_starts(messages, tools, template, len(turns))
+    elif use_generation_blocks and renders_like_ours(template):
+        # A template of a1jax's family without generation blocks (a Qwen3.5 download's own):
+        # when ours, which has them, renders this conversation to the same text, byte for
+        # byte, its turn starts are this template's. Two renderings instead of one a turn.
+        # Turns before the last user query are history, rendered differently from a fresh
+        # prompt; their starts still come from rendering (usually there are none).
+        text = chat_template.render(messages, tools, template=template)
+        ours, ours_starts = _generation_starts(messages, tools, chat_template.default_template(),
+                                               len(turns))
+        if ours == text and ours_starts is not None:
+            last_query = _last_user(messages)
+            starts = [start if j > last_query else _turn_start(text, messages, tools, template, j)
+                      for j, start in zip(turns, ours_starts)]
     if starts is None:
         text = chat_template.render(messages, tools, template=template)
         starts = [_turn_start(text, messages, tools, template, j) for j in turns]
@@ -122,6 +138,43 @@ def render_with_spans(messages: Sequence[dict[str, Any]], tools: Sequence[dict[s
         spans.append((start, end))
         last_end = end
     return Rendered(text, tuple(spans))
+
+
+@functools.lru_cache(maxsize=8)
+def renders_like_ours(template: str) -> bool:
+    """Whether a template without generation blocks renders like a1jax's Qwen3.5 one: on probe
+    conversations (calls that fail and are retried, parallel calls, history before a second user
+    query), the same text, and the same turn starts when found by rendering prefixes. Checked
+    once per template; each trajectory is then still compared byte for byte."""
+    ours = chat_template.default_template()
+    for messages, tools in _probes():
+        try:
+            theirs = chat_template.render(messages, tools, template=template)
+        except chat_template.RenderError:
+            return False
+        turns = [j for j, m in enumerate(messages) if m["role"] == "assistant"]
+        text, starts = _generation_starts(messages, tools, ours, len(turns))
+        fresh = [(j, start) for j, start in zip(turns, starts or []) if j > _last_user(messages)]
+        if text != theirs or starts is None or any(
+                start != _turn_start(theirs, messages, tools, template, j) for j, start in fresh):
+            return False
+    return True
+
+
+def _last_user(messages: list) -> int:
+    return max((j for j, m in enumerate(messages) if m["role"] == "user"), default=-1)
+
+
+def _probes() -> list[tuple[list, list]]:
+    from a1jax.data import synth
+    from a1jax.data.schema import validate
+
+    probes = [validate(synth.make_trajectory(d, 3, seed=7, index=1)) for d in synth.DOMAINS]
+    history = validate(synth.make_trajectory("calculator", 5, seed=7, index=2))
+    first = [m for m in history["messages"] if m["role"] != "system"][:3]
+    follow_up = {"role": "user", "content": "Now do it again, checking each step."}
+    history["messages"] = history["messages"][:1] + first + [follow_up] + history["messages"][1:]
+    return [(p["messages"], p["tools"]) for p in probes + [history]]
 
 
 def _generation_starts(messages: list, tools, template: str,

@@ -160,3 +160,39 @@ def test_both_ways_agree_on_multi_turn_history():
         slow = render_with_spans(TRAJ["messages"], TRAJ["tools"], options=options,
                                  use_generation_blocks=False)
         assert fast == slow
+
+
+def test_a_qwen_template_without_generation_blocks_takes_two_renderings(monkeypatch):
+    """A template of a1jax's family without generation blocks (as a Qwen3.5 download carries):
+    recognised, its masks equal the prefix method's, in a fixed number of renderings; a
+    template of another family keeps the prefix method."""
+    import re
+
+    from a1jax.data import chat_template, masks
+
+    stripped = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", chat_template.default_template())
+    assert masks.renders_like_ours(stripped)
+    assert not masks.renders_like_ours(OTHER_TEMPLATE)
+    trajectories = [TRAJ] + [validate(synth.make_trajectory(d, 6, seed=2, index=i))
+                             for d in sorted(synth.DOMAINS) for i in range(2)]
+    for traj in trajectories:
+        for options in (MaskOptions(), MaskOptions(mask_earlier_reasoning=True),
+                        MaskOptions(train_on="final_turn")):
+            fast = render_with_spans(traj["messages"], traj["tools"], template=stripped,
+                                     options=options)
+            slow = render_with_spans(traj["messages"], traj["tools"], template=stripped,
+                                     options=options, use_generation_blocks=False)
+            assert fast == slow
+    renders = []
+    real = masks.render_jinja_template
+    monkeypatch.setattr(masks, "render_jinja_template",
+                        lambda **kw: renders.append(1) or real(**kw))
+    monkeypatch.setattr(chat_template, "render_jinja_template",
+                        lambda **kw: renders.append(1) or real(**kw))
+    traj = trajectories[-1]
+    render_with_spans(traj["messages"], traj["tools"], template=stripped)
+    assert len(renders) == 2
+    renders.clear()
+    render_with_spans(traj["messages"], traj["tools"], template=stripped,
+                      use_generation_blocks=False)
+    assert len(renders) == 1 + sum(m["role"] == "assistant" for m in traj["messages"])
