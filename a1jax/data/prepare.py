@@ -2,6 +2,9 @@
 
     python -m a1jax.data.prepare --input 'data/*.jsonl' --out DIR [--on-error skip|fail]
         [--tokenizer DIR] [--max-tokens N] [--eval-fraction 0.05] [--workers N]
+    # across machines: one job per shard, then one --finalize (launch/slurm/prepare.sbatch)
+    python -m a1jax.data.prepare --input ... --out DIR --num-shards 64 --shard-index $I
+    python -m a1jax.data.prepare --input ... --out DIR --num-shards 64 --finalize
 
 Every line is validated (`schema`), rendered in the tokenizer's chat format and tokenized with
 its loss mask, so a trajectory the trainer could not use is caught here: malformed JSON, invalid
@@ -30,7 +33,7 @@ from tqdm import tqdm
 
 from a1jax import cli
 from a1jax.data import args as argparsing
-from a1jax.data import tfds_builder
+from a1jax.data import shards, tfds_builder
 from a1jax.data.schema import Loaded, TrajectoryError, read_jsonl
 from a1jax.data.tokenizer import TrajectoryEncoder, load_tokenizer
 from a1jax.errors import A1Error
@@ -56,39 +59,60 @@ def collect(paths: list[str], encoder: TrajectoryEncoder, *, max_tokens: int | N
     With `workers` > 1 the rendering, tokenizing and masking (nearly all the time) run in that
     many processes, a chunk of lines at a time, and their results are taken in input order:
     the outcome, and so the dataset written from it, is the same whatever the number."""
+    lines = (loaded for path in paths for loaded in read_jsonl(path))
+    total = sum(shards.line_counts(paths)) if progress else None
+    with _progress(total) as bar:
+        entries = measure_lines(lines, encoder, max_tokens, workers, on_error, bar)
+        return merge(entries, eval_fraction=eval_fraction, on_error=on_error, report=report)
+
+
+def measure_lines(lines: Iterable[Loaded], encoder: TrajectoryEncoder, max_tokens: int | None,
+                  workers: int, on_error: str, bar=None) -> Iterator[shards.Entry]:
+    """Each line's entry, in order. Under on_error="fail" the first rejected line raises
+    `PrepareError` (a duplicate id is only known when merging)."""
+    tokens = 0
+    with _Encoders(encoder, max_tokens, workers) as encode:
+        for loaded, (reason, num_tokens) in encode(lines):
+            item = shards.entry(loaded, reason, num_tokens)
+            if item.error is not None and on_error == "fail":
+                raise PrepareError(str(item.trajectory_error()))
+            if bar is not None:
+                tokens += num_tokens
+                bar.update(1)
+                bar.set_postfix_str(f"{tokens / max(bar.format_dict['elapsed'], 1e-9):,.0f} "
+                                    "tok/s")
+            yield item
+
+
+def merge(entries: Iterable[shards.Entry], *, eval_fraction: float, on_error: str,
+          report=print) -> tuple[dict[str, list[tfds_builder.Ref]], list[TrajectoryError]]:
+    """Measured lines, in input order -> the accepted ones by split, and the rejections
+    (printed through `report`; under on_error="fail" the first raises `PrepareError`)."""
     splits: dict[str, list] = {s: [] for s in tfds_builder.SPLITS}
     rejected: list[TrajectoryError] = []
     first_seen: dict[str, str] = {}
-    total = sum(_count_lines(path) for path in paths) if progress else None
-    # On a terminal only (None): a log keeps the rejections and the summary.
-    bar = tqdm(total=total, desc="prepare", unit="traj", disable=None if progress else True,
-               dynamic_ncols=True)
-    tokens = 0
-    lines = (loaded for path in paths for loaded in read_jsonl(path))
-    with _Encoders(encoder, max_tokens, workers) as encode:
-        for loaded, (reason, num_tokens) in encode(lines):
-            bar.update(1)
-            error = loaded.error
-            if error is None and loaded.trajectory["id"] in first_seen:
-                reason = f"duplicate id (first at {first_seen[loaded.trajectory['id']]})"
-            if error is None and reason is not None:
-                error = TrajectoryError(reason, loaded.source, loaded.line,
-                                        loaded.trajectory["id"])
-            if error is not None:
-                if on_error == "fail":
-                    raise PrepareError(str(error))
-                report(f"rejected {error}")
-                rejected.append(error)
-                continue
-            traj = loaded.trajectory
-            tokens += num_tokens
-            bar.set_postfix_str(f"{tokens / max(bar.format_dict['elapsed'], 1e-9):,.0f} tok/s")
-            first_seen[traj["id"]] = f"{loaded.source}:{loaded.line}"
-            split = "eval" if is_eval(traj["id"], eval_fraction) else "train"
-            splits[split].append(tfds_builder.Ref(loaded.source, loaded.line, loaded.offset,
-                                                  traj["id"], traj["domain"], num_tokens))
-    bar.close()
+    for item in entries:
+        error = item.trajectory_error()
+        if error is None and item.id in first_seen:
+            error = TrajectoryError(f"duplicate id (first at {first_seen[item.id]})",
+                                    item.source, item.line, item.id)
+        if error is not None:
+            if on_error == "fail":
+                raise PrepareError(str(error))
+            report(f"rejected {error}")
+            rejected.append(error)
+            continue
+        first_seen[item.id] = f"{item.source}:{item.line}"
+        split = "eval" if is_eval(item.id, eval_fraction) else "train"
+        splits[split].append(tfds_builder.Ref(item.source, item.line, item.offset, item.id,
+                                              item.domain, item.num_tokens))
     return splits, rejected
+
+
+def _progress(total: int | None):
+    """A progress bar on a terminal only: a log keeps the rejections and the summary."""
+    return tqdm(total=total, desc="prepare", unit="traj",
+                disable=None if total is not None else True, dynamic_ncols=True)
 
 
 def measure(trajectory: dict[str, Any], encoder: TrajectoryEncoder,
@@ -151,11 +175,6 @@ def _trajectory(loaded: Loaded) -> dict[str, Any] | None:
     return None if loaded.error is not None else loaded.trajectory
 
 
-def _count_lines(path: str) -> int:
-    with open(path, "rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
-
-
 def _measure_one(trajectory, encoder, max_tokens):
     return (None, 0) if trajectory is None else measure(trajectory, encoder, max_tokens)
 
@@ -204,6 +223,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="processes that render, tokenize and mask (default: all cores, one "
                    "per 8 MiB of input: starting one costs seconds); the output does not "
                    "depend on it")
+    p.add_argument("--num-shards", type=int, default=None,
+                   help="cut the input lines into this many shards, each measured and saved "
+                   "apart (default: one per 256 lines); a rerun measures only missing ones")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--shard-index", type=int, default=None,
+                     help="measure only this shard (one job of a SLURM array or Kubernetes "
+                     "indexed job); then run --finalize once every shard is done")
+    how.add_argument("--finalize", action="store_true",
+                     help="write the dataset from the shards already measured")
     args = p.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         raise PrepareError("--workers must be >= 1")
@@ -212,21 +240,57 @@ def main(argv: list[str] | None = None) -> int:
         raise PrepareError(f"no file matches --input {args.input!r}")
     if not 0 <= args.eval_fraction < 1:
         raise PrepareError("--eval-fraction must be in [0, 1)")
-    workers = args.workers or min(os.cpu_count() or 1,
-                                  max(1, sum(os.path.getsize(p) for p in paths) >> 23))
-    try:
-        encoder = TrajectoryEncoder(load_tokenizer(args.tokenizer))
-    except (OSError, ValueError) as e:
-        raise PrepareError(f"cannot load tokenizer: {e}") from None
-    splits, rejected = collect(paths, encoder, max_tokens=args.max_tokens,
-                               eval_fraction=args.eval_fraction, on_error=args.on_error,
-                               workers=workers, progress=True)
+    counts = shards.line_counts(paths)
+    total = sum(counts)
+    if args.shard_index is not None and args.num_shards is None:
+        raise PrepareError("--shard-index needs --num-shards (the same in every job)")
+    num_shards = args.num_shards or max(1, -(-total // 256))
+    if not 1 <= num_shards <= max(total, 1):
+        raise PrepareError(f"--num-shards must be in [1, {max(total, 1)}] (the input has "
+                           f"{total} lines)")
+    if args.shard_index is not None and not 0 <= args.shard_index < num_shards:
+        raise PrepareError(f"--shard-index must be in [0, {num_shards})")
+    state = shards.ShardDir(args.out, shards.ShardDir.describe_inputs(
+        paths, tokenizer=os.path.abspath(args.tokenizer) if args.tokenizer else None,
+        max_tokens=args.max_tokens, num_shards=num_shards)).open()
+
+    if not args.finalize:
+        todo = ([args.shard_index] if args.shard_index is not None else
+                [i for i in range(num_shards) if not state.done(i, num_shards)])
+        if args.shard_index is None and len(todo) < num_shards:
+            print(f"resuming: {num_shards - len(todo)} of {num_shards} shards already measured "
+                  f"in {state.root}")
+        if todo:
+            measure_shards(paths, total, num_shards, todo, state, args)
+        if args.shard_index is not None:
+            print(f"measured shard {args.shard_index} of {num_shards}; when every shard is, "
+                  f"run the same command with --finalize instead of --shard-index")
+            return 0
+    splits, rejected = merge(state.read_all(num_shards), eval_fraction=args.eval_fraction,
+                             on_error=args.on_error)
     if not splits["train"]:
         raise PrepareError("no valid trajectory in the train split; nothing written")
     for line in summary(splits, len(rejected)):
         print(line)
     print(f"wrote {tfds_builder.write(args.out, splits)}")
     return 0
+
+
+def measure_shards(paths: list[str], total: int, num_shards: int, todo: list[int],
+                   state: shards.ShardDir, args) -> None:
+    """Measures the shards `todo`, each saved as it is done."""
+    try:
+        encoder = TrajectoryEncoder(load_tokenizer(args.tokenizer))
+    except (OSError, ValueError) as e:
+        raise PrepareError(f"cannot load tokenizer: {e}") from None
+    ranges = [shards.shard_range(total, num_shards, i) for i in todo]
+    size = sum(os.path.getsize(p) for p in paths) * sum(e - f for f, e in ranges) // total
+    workers = args.workers or min(os.cpu_count() or 1, max(1, size >> 23))
+    with _progress(sum(e - f for f, e in ranges)) as bar:
+        for index, (first, end) in zip(todo, ranges):
+            entries = list(measure_lines(shards.read_lines(paths, first, end), encoder,
+                                         args.max_tokens, workers, args.on_error, bar))
+            state.write(index, num_shards, entries)
 
 
 if __name__ == "__main__":

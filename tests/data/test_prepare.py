@@ -12,6 +12,7 @@ from a1jax.data import prepare, synth
 from a1jax.data.schema import validate
 from a1jax.data.tfds_builder import TfdsSource
 from a1jax.data.tokenizer import TrajectoryEncoder, load_tokenizer
+from a1jax.errors import A1Error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -169,3 +170,85 @@ def test_workers_write_the_same_bytes(inputs, tmp_path, capsys):
     assert outputs[0] == outputs[1]
     assert any(name.endswith(".array_record-00000-of-00001") for name in outputs[0][1])
     assert sum(line.startswith("rejected ") for line in outputs[0][0].splitlines()) == 9
+
+
+def dataset_files(out):
+    """The dataset's files and bytes (the shards' working directory left out)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and ".prepare" not in p.parts}
+
+
+def dataset_content(out):
+    """The dataset's metadata files' bytes and every record of each split, in order. Across
+    processes ArrayRecord files of the same records differ in some bytes (two runs of the same
+    command in two processes, PYTHONHASHSEED fixed, did), so runs in different processes are
+    compared by what they hold."""
+    from a1jax.data.tfds_builder import TfdsSource
+
+    files = {k: v for k, v in dataset_files(out).items() if k.endswith(".json")}
+    root = out / "trajectory_dataset" / "1.0.0"
+    records = {split: [dict(TfdsSource(root, split)._records[i]) for i in
+                       range(len(TfdsSource(root, split)))] for split in ("train", "eval")}
+    return files, records
+
+
+def test_shard_jobs_then_finalize_write_the_same_bytes(inputs, tmp_path, capsys):
+    d, _, _ = inputs
+    common = ["--input", str(d / "*.jsonl"), "--max-tokens", "3000", "--eval-fraction", "0.3",
+              "--workers", "1"]
+    assert prepare.main(common + ["--out", str(tmp_path / "one")]) == 0
+    out = tmp_path / "sharded"
+    sharded = common + ["--out", str(out), "--num-shards", "3"]
+    assert prepare.main(sharded + ["--shard-index", "2"]) == 0
+    assert prepare.main(sharded + ["--shard-index", "0"]) == 0
+    with pytest.raises(A1Error) as e:
+        prepare.main(sharded + ["--finalize"])
+    assert str(e.value) == ("1 of 3 shards are not measured yet (shard index 1); run them "
+                            "first")
+    assert prepare.main(sharded + ["--shard-index", "1"]) == 0
+    capsys.readouterr()
+    assert prepare.main(sharded + ["--finalize"]) == 0
+    assert dataset_files(out) == dataset_files(tmp_path / "one") != {}
+    assert "accepted 9 (train 7, eval 2), rejected 9" in capsys.readouterr().out
+    for argv, message in [
+            (common + ["--out", str(out), "--num-shards", "4"],
+             f"{out / '.prepare'} holds shards of other inputs or options; remove it (or use "
+             "another --out) to start over"),
+            (common + ["--out", str(out), "--shard-index", "0"],
+             "--shard-index needs --num-shards (the same in every job)"),
+            (sharded + ["--shard-index", "3"], "--shard-index must be in [0, 3)")]:
+        with pytest.raises(A1Error) as e:
+            prepare.main(argv)
+        assert str(e.value) == message
+
+
+def test_kill_9_then_rerun_measures_only_what_is_missing(tmp_path):
+    """A prepare killed after some shards are saved: the rerun measures the rest only, and the
+    dataset equals an uninterrupted run's."""
+    import time
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(synth.make_trajectory(d, 30, seed=4, index=i)) + "\n"
+                            for d in sorted(synth.DOMAINS) for i in range(40)))
+    argv = ["--input", str(data), "--num-shards", "40", "--workers", "1"]
+    state = tmp_path / "killed" / ".prepare"
+    proc = subprocess.Popen([sys.executable, "-m", "a1jax.data.prepare", "--out",
+                             str(tmp_path / "killed")] + argv, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while len(list(state.glob("shard-*.json"))) < 3 and time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    measured = len(list(state.glob("shard-*.json")))
+    assert 3 <= measured < 40 and not list(state.glob("*.tmp*"))  # whole shard files only
+    r = subprocess.run([sys.executable, "-m", "a1jax.data.prepare", "--out",
+                        str(tmp_path / "killed")] + argv, cwd=ROOT, capture_output=True,
+                       text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming: {measured} of 40 shards already measured" in r.stdout
+    assert prepare.main(["--out", str(tmp_path / "whole")] + argv) == 0
+    killed, whole = dataset_content(tmp_path / "killed"), dataset_content(tmp_path / "whole")
+    assert killed == whole and len(whole[1]["train"]) > 100

@@ -5,6 +5,7 @@ that does not match the devices is refused."""
 
 import os
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -143,3 +144,35 @@ def test_layouts_and_process_counts_that_do_not_match_the_devices(tmp_path):
     with pytest.raises(A1Error, match="A1JAX_COORDINATOR set but not"):
         distributed_env({"A1JAX_COORDINATOR": "h:1"})
     assert distributed_env({}) is None
+
+
+def test_slurm_prepare_array_then_finalize(tmp_path):
+    """launch/slurm/prepare.sbatch run as 3 array tasks and a finalize task: the dataset holds
+    what one process writes."""
+    import json
+
+    from a1jax.data import prepare, synth
+    from tests.data.test_prepare import dataset_content
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(synth.make_trajectory(d, 2, seed=9, index=i)) + "\n"
+                            for d in sorted(synth.DOMAINS) for i in range(4)))
+    script = os.path.join(REPO, "launch", "slurm", "prepare.sbatch")
+    env = dict(os.environ, SLURM_SUBMIT_DIR=REPO, PYTHON=sys.executable, PYTHONPATH=REPO,
+               SLURM_CPUS_PER_TASK="1")
+    out = tmp_path / "sharded"
+    for task in ("2", "0", "1"):
+        r = subprocess.run([script, str(data), str(out), "3", "--eval-fraction", "0.25"],
+                           env=dict(env, SLURM_ARRAY_TASK_ID=task), capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr
+        assert f"measured shard {task} of 3" in r.stdout
+    r = subprocess.run([script, str(data), str(out), "3", "--finalize", "--eval-fraction",
+                        "0.25"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert prepare.main(["--input", str(data), "--out", str(tmp_path / "one"),
+                         "--eval-fraction", "0.25", "--workers", "1"]) == 0
+    assert dataset_content(out) == dataset_content(tmp_path / "one")
+    r = subprocess.run([script, str(data), str(out), "3"], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode != 0 and "not a task of a SLURM array job" in r.stderr
