@@ -26,7 +26,8 @@ import hashlib
 import itertools
 import multiprocessing
 import os
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from typing import Any, Iterable, Iterator
 
 from tqdm import tqdm
@@ -72,8 +73,8 @@ def measure_lines(lines: Iterable[Loaded], encoder: TrajectoryEncoder, max_token
     `PrepareError` (a duplicate id is only known when merging)."""
     tokens = 0
     with _Encoders(encoder, max_tokens, workers) as encode:
-        for loaded, (reason, num_tokens) in encode(lines):
-            item = shards.entry(loaded, reason, num_tokens)
+        for loaded, (reason, num_tokens, trained) in encode(lines):
+            item = shards.entry(loaded, reason, num_tokens, trained)
             if item.error is not None and on_error == "fail":
                 raise PrepareError(str(item.trajectory_error()))
             if bar is not None:
@@ -105,7 +106,8 @@ def merge(entries: Iterable[shards.Entry], *, eval_fraction: float, on_error: st
         first_seen[item.id] = f"{item.source}:{item.line}"
         split = "eval" if is_eval(item.id, eval_fraction) else "train"
         splits[split].append(tfds_builder.Ref(item.source, item.line, item.offset, item.id,
-                                              item.domain, item.num_tokens))
+                                              item.domain, item.num_tokens,
+                                              item.trained_tokens))
     return splits, rejected
 
 
@@ -116,17 +118,19 @@ def _progress(total: int | None):
 
 
 def measure(trajectory: dict[str, Any], encoder: TrajectoryEncoder,
-            max_tokens: int | None) -> tuple[str | None, int]:
-    """The checks that need the tokenizer: (why it is rejected or None, its token count)."""
+            max_tokens: int | None) -> tuple[str | None, int, int]:
+    """The checks that need the tokenizer: (why it is rejected or None, its token count, its
+    trained tokens)."""
     try:
         encoded = encoder(trajectory)
     except A1Error as e:  # the template refused it, or its turns cannot be found
-        return f"cannot render: {e}", 0
+        return f"cannot render: {e}", 0, 0
     if max_tokens is not None and len(encoded) > max_tokens:
-        return f"over-length: {len(encoded)} tokens > --max-tokens {max_tokens}", 0
-    if not encoded.loss_mask.any():
-        return "nothing to train on after rendering", 0
-    return None, len(encoded)
+        return f"over-length: {len(encoded)} tokens > --max-tokens {max_tokens}", 0, 0
+    trained = int(encoded.loss_mask.sum())
+    if not trained:
+        return "nothing to train on after rendering", 0, 0
+    return None, len(encoded), trained
 
 
 class _Encoders:
@@ -147,7 +151,7 @@ class _Encoders:
         return self
 
     def __call__(self, lines: Iterable[Loaded]
-                 ) -> Iterator[tuple[Loaded, tuple[str | None, int]]]:
+                 ) -> Iterator[tuple[Loaded, tuple[str | None, int, int]]]:
         """(line, measure of it) in input order. With a pool, a window of lines at a time, so
         that memory holds a window, not the dataset."""
         if self.pool is None:
@@ -176,7 +180,7 @@ def _trajectory(loaded: Loaded) -> dict[str, Any] | None:
 
 
 def _measure_one(trajectory, encoder, max_tokens):
-    return (None, 0) if trajectory is None else measure(trajectory, encoder, max_tokens)
+    return (None, 0, 0) if trajectory is None else measure(trajectory, encoder, max_tokens)
 
 
 _WORKER: dict[str, Any] = {}
@@ -190,24 +194,39 @@ def _worker_measure(trajectory):
     return _measure_one(trajectory, _WORKER["encoder"], _WORKER["max_tokens"])
 
 
-def summary(splits: dict[str, list[tfds_builder.Ref]], n_rejected: int) -> list[str]:
-    """The report's table: per domain, the count in each split and token lengths."""
-    rows: dict[str, dict[str, Any]] = defaultdict(lambda: {"train": 0, "eval": 0, "tokens": []})
+def summary(splits: dict[str, list[tfds_builder.Ref]],
+            rejected: list[TrajectoryError]) -> list[str]:
+    """The report's table: per domain, the count in each split, token lengths and trained
+    tokens; then the totals, and the rejections counted by reason."""
+    rows: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"train": 0, "eval": 0, "tokens": [], "trained": 0})
     for split, refs in splits.items():
         for ref in refs:
             rows[ref.domain][split] += 1
             rows[ref.domain]["tokens"].append(ref.num_tokens)
+            rows[ref.domain]["trained"] += ref.trained_tokens
     lines = [f"{'domain':<16}{'train':>8}{'eval':>8}{'min tok':>10}{'mean tok':>10}"
-             f"{'max tok':>10}{'total tok':>12}"]
+             f"{'max tok':>10}{'total tok':>12}{'trained tok':>13}"]
     for domain in sorted(rows):
         r = rows[domain]
         t = r["tokens"]
         lines.append(f"{domain:<16}{r['train']:>8}{r['eval']:>8}{min(t):>10}"
-                     f"{sum(t) // len(t):>10}{max(t):>10}{sum(t):>12}")
+                     f"{sum(t) // len(t):>10}{max(t):>10}{sum(t):>12}{r['trained']:>13}")
     n_train, n_eval = len(splits["train"]), len(splits["eval"])
     lines.append(f"accepted {n_train + n_eval} (train {n_train}, eval {n_eval}), "
-                 f"rejected {n_rejected}")
+                 f"rejected {len(rejected)}")
+    if rejected:
+        kinds = Counter(_reason_kind(e.reason) for e in rejected)
+        lines.append("rejections by reason: " + ", ".join(f"{kind} {n}"
+                                                        for kind, n in kinds.most_common()))
     return lines
+
+
+def _reason_kind(reason: str) -> str:
+    """A rejection's reason without its particulars: "over-length: 4000 tokens > ..." ->
+    "over-length", "unknown role 'human' (...)" -> "unknown role"."""
+    head = reason.split(":")[0]
+    return re.sub(r"\s+('|\(|\d).*$", "", head).strip() or head.strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                              on_error=args.on_error)
     if not splits["train"]:
         raise PrepareError("no valid trajectory in the train split; nothing written")
-    for line in summary(splits, len(rejected)):
+    for line in summary(splits, rejected):
         print(line)
     print(f"wrote {tfds_builder.write(args.out, splits)}")
     return 0

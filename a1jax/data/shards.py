@@ -40,12 +40,14 @@ class Entry:
     domain: str | None
     num_tokens: int
     error: dict[str, Any] | None  # a TrajectoryError's fields
+    trained_tokens: int = 0
 
     def trajectory_error(self) -> TrajectoryError | None:
         return None if self.error is None else TrajectoryError(**self.error)
 
 
-def entry(loaded: Loaded, reason: str | None, num_tokens: int) -> Entry:
+def entry(loaded: Loaded, reason: str | None, num_tokens: int, trained_tokens: int = 0
+          ) -> Entry:
     """The entry of a line: its own error, else the measuring's `reason`, else accepted."""
     traj = loaded.trajectory
     error = loaded.error
@@ -53,7 +55,8 @@ def entry(loaded: Loaded, reason: str | None, num_tokens: int) -> Entry:
         error = TrajectoryError(reason, loaded.source, loaded.line, traj["id"])
     return Entry(loaded.source, loaded.line, loaded.offset,
                  None if traj is None else traj["id"], None if traj is None else traj["domain"],
-                 num_tokens, None if error is None else dataclasses.asdict(error))
+                 num_tokens, None if error is None else dataclasses.asdict(error),
+                 trained_tokens)
 
 
 def line_counts(paths: list[str]) -> list[int]:

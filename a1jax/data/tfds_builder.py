@@ -42,6 +42,7 @@ class Ref:
     id: str
     domain: str
     num_tokens: int
+    trained_tokens: int = 0
 
     def load(self) -> dict[str, Any]:
         """The trajectory, re-read and re-validated (the file must not have changed)."""

@@ -58,7 +58,7 @@ def synthesize(c: ml_collections.ConfigDict, out: str, encoder: TrajectoryEncode
             paths.append(path)
         splits, rejected = prepare.collect(paths, encoder, max_tokens=None,
                                            eval_fraction=c.data.eval_fraction, on_error="fail")
-        for line in prepare.summary(splits, len(rejected)):
+        for line in prepare.summary(splits, rejected):
             report(f"  {line}")
         tfds_builder.write(os.path.join(out, "tfds"), splits)
         with open(marker, "w") as f:  # written last: its presence means the dataset is whole

@@ -89,7 +89,11 @@ def test_skip_reports_every_bad_line_and_writes_the_rest(inputs, tmp_path, capsy
     assert (len(train), len(eval_)) == (7, 2)
     expected_eval = sorted(t["id"] for t in good if prepare.is_eval(t["id"], 0.3))
     assert sorted(eval_[i]["id"] for i in range(len(eval_))) == expected_eval
-    assert stdout[-2] == "accepted 9 (train 7, eval 2), rejected 9"
+    assert stdout[-3] == "accepted 9 (train 7, eval 2), rejected 9"
+    assert stdout[-2] == ("rejections by reason: tool call 2, malformed JSON 1, unknown role 1, "
+                          "system message must be the first message 1, tool message with no "
+                          "preceding tool call to answer 1, nothing to train on 1, invalid "
+                          "UTF-8 at byte 1, over-length 1")
     assert stdout[-1] == f"wrote {out / 'trajectory_dataset' / '1.0.0'}"
     # Records come back validated (arguments as objects), with domain and token count.
     encoder = TrajectoryEncoder(load_tokenizer())
@@ -105,10 +109,11 @@ def test_skip_reports_every_bad_line_and_writes_the_rest(inputs, tmp_path, capsy
     for k, domain in enumerate(sorted(synth.DOMAINS)):
         ids = [t["id"] for t in good if t["domain"] == domain]
         toks = [len(encoder(by_id[i])) for i in ids]
+        trained = sum(int(encoder(by_id[i]).loss_mask.sum()) for i in ids)
         n_eval = sum(prepare.is_eval(i, 0.3) for i in ids)
         assert stdout[header + 1 + k].split() == [
             domain, str(3 - n_eval), str(n_eval), str(min(toks)), str(sum(toks) // 3),
-            str(max(toks)), str(sum(toks))]
+            str(max(toks)), str(sum(toks)), str(trained)]
     assert "tensorflow" not in sys.modules
 
 
