@@ -226,14 +226,18 @@ class Loaded:
 
 def read_jsonl(path: str | Path) -> Iterator[Loaded]:
     """Yields every non-blank line of `path`, validated, in order; never raises for bad lines."""
-    source = str(path)
+    for lineno, offset, raw in raw_lines(path):
+        yield read_line(raw, str(path), lineno, offset)
+
+
+def raw_lines(path: str | Path) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset, bytes) of every non-blank line of `path`, unparsed."""
     offset = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             start, offset = offset, offset + len(raw)
-            if not raw.strip():
-                continue
-            yield read_line(raw, source, lineno, start)
+            if raw.strip():
+                yield lineno, start, raw
 
 
 def read_line(raw: bytes, source: str, line: int, offset: int = 0) -> Loaded:

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from a1jax.data.schema import Loaded, TrajectoryError, read_line
+from a1jax.data.schema import Loaded, TrajectoryError, raw_lines, read_line
 from a1jax.errors import A1Error
 
 STATE_DIR = ".prepare"
@@ -61,11 +61,7 @@ def entry(loaded: Loaded, reason: str | None, num_tokens: int, trained_tokens: i
 
 def line_counts(paths: list[str]) -> list[int]:
     """Non-blank lines per file (what read_jsonl yields)."""
-    counts = []
-    for path in paths:
-        with open(path, "rb") as f:
-            counts.append(sum(1 for raw in f if raw.strip()))
-    return counts
+    return [sum(1 for _ in raw_lines(path)) for path in paths]
 
 
 def shard_range(total: int, num_shards: int, index: int) -> tuple[int, int]:
@@ -78,17 +74,12 @@ def read_lines(paths: list[str], first: int, end: int) -> Iterator[Loaded]:
     lines before are skipped unparsed."""
     n = 0
     for path in paths:
-        offset = 0
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                start, offset = offset, offset + len(raw)
-                if not raw.strip():
-                    continue
-                if first <= n < end:
-                    yield read_line(raw, path, lineno, start)
-                n += 1
-                if n >= end:
-                    return
+        for lineno, offset, raw in raw_lines(path):
+            if first <= n < end:
+                yield read_line(raw, path, lineno, offset)
+            n += 1
+            if n >= end:
+                return
 
 
 class ShardDir:
