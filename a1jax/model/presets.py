@@ -6,11 +6,13 @@ from a1jax.model.config import ModelConfig
 
 PRESETS: dict[str, ModelConfig] = {
     # Both layer types, 8 experts (every 8-device layout applies), seconds to compile and run.
+    # Head sizes are the smallest vLLM's CPU kernels take (attention 32, Gated DeltaNet 64), so
+    # the demo's model can be served (launch/serve.sh).
     "tiny": ModelConfig(
         vocab_size=512, hidden_size=64, num_hidden_layers=4, full_attention_interval=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
-        linear_value_head_dim=16, linear_conv_kernel_dim=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=64,
+        linear_value_head_dim=64, linear_conv_kernel_dim=4,
         num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
         shared_expert_intermediate_size=32, deltanet_chunk_size=16,
         max_position_embeddings=262_144, eos_token_id=2,

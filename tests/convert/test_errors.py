@@ -77,7 +77,7 @@ def test_import_shape_dtype_and_unknown_tensors(tmp_path, tensors, capsys):
 def test_import_checks_the_preset_and_the_output(tmp_path, tensors, capsys):
     src = _hf(tmp_path, tensors)
     assert _from_hf(src, tmp_path / "a", capsys, "--model", "bench") == (
-        f"{src / 'config.json'} is not model 'bench': vocab_size 512 vs 4096 (and 9 more)")
+        f"{src / 'config.json'} is not model 'bench': vocab_size 512 vs 4096 (and 7 more)")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     assert _from_hf(src, tmp_path / "full", capsys) == \
@@ -110,7 +110,7 @@ def test_export_bad_paths_and_source_of_another_model(tmp_path, tensors, capsys)
     assert _error(export.main, ["--checkpoint", str(root), "--out", str(out), "--source",
                                 str(other)], capsys) == (
         f"--source {other} is another model than the checkpoint {root / '0'}: vocab_size 512 "
-        "vs 4096 (and 9 more)")
+        "vs 4096 (and 7 more)")
     assert _error(export.main, ["--checkpoint", str(root), "--out", str(out), "--tokenizer",
                                 str(tmp_path)], capsys).startswith(f"tokenizer {tmp_path}: ")
     assert not out.exists() and not list(tmp_path.glob(".hf.partial/*.safetensors"))

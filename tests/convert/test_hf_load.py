@@ -90,7 +90,7 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
     with pytest.raises(LoadError) as info:
         load_params(str(tmp_path))
     assert str(info.value) == (f"{tmp_path}: tensor model.layers.1.self_attn.k_proj.weight has "
-                               "shape [16, 64] but the config gives it [32, 64]")
+                               "shape [16, 64] but the config gives it [64, 64]")
 
 
 def test_missing_and_unknown_tensors(tmp_path):

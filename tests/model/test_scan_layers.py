@@ -28,7 +28,7 @@ def test_scanned_decoder_equals_the_layer_loop():
     declared = jax.eval_shape(lambda: init_params(jax.random.key(0), scanned))
     assert jax.tree.structure(jax.tree.map(lambda x: x.value.shape, declared, is_leaf=_boxed)) \
         == jax.tree.structure(jax.tree.map(np.shape, stacked))
-    assert stacked["layers"]["layers_1"]["self_attn"]["q_proj"].shape == (2, 64, 4, 32)
+    assert stacked["layers"]["layers_1"]["self_attn"]["q_proj"].shape == (2, 64, 4, 64)
     np.testing.assert_array_equal(stacked["layers"]["layers_1"]["self_attn"]["q_proj"][1],
                                   params["layers_3"]["self_attn"]["q_proj"])
     jax.tree.map(np.testing.assert_array_equal, unstack_layers(stacked, scanned), params)

