@@ -5,6 +5,8 @@ r"""Evaluate an agent by success rate: episodes on held-out tasks, by domain and
         [--batch 8] [--max-turns 100] [--max-turn-tokens 1024] [--max-context 32768] \
         [--mesh data=2,expert=4] [--tokenizer DIR]
     python -m a1jax.eval --replay ...     # the reference trajectories as the policy: 100%
+    python -m a1jax.eval --endpoint http://127.0.0.1:8000/v1 [--served-model NAME] ...
+                                          # a served model (launch/serve.sh) as the policy
 
 Tasks are synthetic (`a1jax.data.synth`) with task seeds EVAL_SEED_BASE + seed, never a
 training seed (training uses the experiment's small `seed`). Each task runs `--runs` times
@@ -142,12 +144,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     policy.add_argument("--model", help="Hugging Face directory or a1jax checkpoint")
     policy.add_argument("--replay", action="store_true",
                         help="replay the reference trajectories (checks the harness: 100%%)")
+    policy.add_argument("--endpoint", help="an OpenAI-compatible server's base URL, e.g. "
+                        "http://127.0.0.1:8000/v1 (launch/serve.sh): chat completions with "
+                        "tools=[...] as the policy")
+    parser.add_argument("--served-model", help="with --endpoint: the served model's name "
+                        "(default: the only one the server serves)")
+    parser.add_argument("--request-timeout", type=float, default=600.0,
+                        help="with --endpoint: seconds to wait for one reply")
     parser.add_argument("--domains", default="kb_search,calculator,files")
     parser.add_argument("--horizons", default="1,2,4,8,16")
     parser.add_argument("--n", type=int, default=64, help="tasks per domain and horizon")
     parser.add_argument("--runs", type=int, default=3, help="runs per task (Avg@runs)")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--tokenizer", help="default: the model's own, else a1jax's")
+    parser.add_argument("--tokenizer", help="default: the model's own (with --endpoint: the "
+                        "served directory when it is on this machine), else a1jax's")
     parser.add_argument("--batch", type=int, default=8, help="episodes decoded together")
     parser.add_argument("--max-turns", type=int, default=100)
     parser.add_argument("--max-turn-tokens", type=int, default=1024)
@@ -179,8 +189,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                       args.max_context)
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
+    if args.served_model and not args.endpoint:
+        raise A1Error("--served-model goes with --endpoint")
     if args.replay:
         tokenizer = load_tokenizer(args.tokenizer)
+    elif args.endpoint:
+        from a1jax.agent.endpoint import ChatClient, EndpointPolicy
+
+        client = ChatClient(args.endpoint, timeout=args.request_timeout)
+        served = client.resolve_model(args.served_model)
+        root = served.get("root")
+        local = isinstance(root, str) and os.path.isfile(os.path.join(root, "tokenizer.json"))
+        tokenizer = load_tokenizer(args.tokenizer or (root if local else None))
     else:
         from a1jax.infer.engine import Engine
         from a1jax.infer.load import load_model, tokenizer_dir
@@ -222,24 +242,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             if args.replay:
                 policy = ReplayPolicy(renderer, args.batch)
+            elif args.endpoint:
+                sampling = sampling_from_args(
+                    args, args.max_turn_tokens, default_stop_tokens(None, tokenizer)).replace(
+                    seed=args.seed * 1000 + run)
+                policy = EndpointPolicy(client, served["id"], renderer, sampling, args.batch)
             else:
                 stops = default_stop_tokens(config, tokenizer)
                 sampling = sampling_from_args(args, args.max_turn_tokens, stops).replace(
                     seed=args.seed * 1000 + run)
                 policy = EnginePolicy(engine, sampling)
-            run_episodes(tasks, policy, renderer, slots=args.batch, budgets=budgets,
-                         on_done=on_done, run=run)
+            try:
+                run_episodes(tasks, policy, renderer, slots=args.batch, budgets=budgets,
+                             on_done=on_done, run=run)
+            except A1Error as e:
+                bar.close()
+                raise type(e)(f"{e}\n{len(records)} episodes are kept in {path}; the same "
+                              f"command resumes from them") from None
     bar.close()
     wanted = {f"{make_task(d, h, eval_seed(args.seed), i).id}-run{run}"
               for d in domains for h in horizons for i in range(args.n) for run in range(args.runs)}
     records = [r for r in records if r["id"] in wanted]
     rows = summarize(records, args.runs)
     took = time.perf_counter() - start
-    header = (f"Success of {'the replayed references' if args.replay else args.model} on "
+    who = ("the replayed references" if args.replay else
+           f"{served['id']} served at {args.endpoint}" if args.endpoint else args.model)
+    header = (f"Success of {who} on "
               f"held-out tasks (task seed {eval_seed(args.seed)}), {args.n} tasks x {args.runs} "
               f"run(s) per cell; {took:.0f} s.")
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"model": args.model, "replay": args.replay, "seed": args.seed,
+        json.dump({"model": args.model, "replay": args.replay, "endpoint": args.endpoint,
+                   "served_model": served["id"] if args.endpoint else None, "seed": args.seed,
                    "task_seed": eval_seed(args.seed), "runs": args.runs, "n": args.n,
                    "budgets": vars(budgets), "wall_time_s": took, "rows": rows}, f, indent=1)
     table = markdown(rows, args.runs, header)

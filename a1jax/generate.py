@@ -82,7 +82,8 @@ def sampling_from_args(args: argparse.Namespace, max_new_tokens: int,
 
 
 def default_stop_tokens(config, tokenizer) -> list[int]:
-    stops = [] if config.eos_token_id is None else [config.eos_token_id]
+    """The model's end of sequence (when `config` is given) and the tokenizer's end of turn."""
+    stops = [] if config is None or config.eos_token_id is None else [config.eos_token_id]
     if tokenizer is not None:
         vocab = tokenizer.get_vocab()
         stops += [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]

@@ -42,7 +42,9 @@ class Policy(Protocol):
     """What the loop needs of a model: slots that hold one episode's tokens each."""
 
     def start(self, slot: int, tokens: list[int], task: Task) -> None: ...
-    def extend(self, slot: int, tokens: list[int]) -> None: ...
+    # `messages`: the tool turns those tokens render (a chat server takes messages, not tokens).
+    def extend(self, slot: int, tokens: list[int], messages: Sequence[dict[str, Any]]
+               ) -> None: ...
     def generate(self, slots: Sequence[int], max_new_tokens: int) -> dict[int, Generated]: ...
 
 
@@ -60,7 +62,8 @@ class EnginePolicy:
         self.engine.reset([slot])
         self.engine.extend({slot: tokens})
 
-    def extend(self, slot: int, tokens: list[int]) -> None:
+    def extend(self, slot: int, tokens: list[int], messages: Sequence[dict[str, Any]] = ()
+               ) -> None:
         self.engine.extend({slot: tokens})
 
     def generate(self, slots: Sequence[int], max_new_tokens: int) -> dict[int, Generated]:
@@ -243,7 +246,7 @@ def run_episodes(tasks: Iterable[Task], policy: Policy, renderer: Renderer, *, s
             ep.tokens += observation
             ep.model_mask += [0] * len(observation)
             ep.logprobs += [0.0] * len(observation)
-            policy.extend(slot, observation)
+            policy.extend(slot, observation, tool_messages)
     return [done[i] for i in sorted(done)]
 
 

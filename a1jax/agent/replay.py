@@ -39,7 +39,7 @@ class ReplayPolicy:
     def start(self, slot: int, tokens: list[int], task: Task) -> None:
         self._turns[slot] = assistant_turns(task, self.renderer)
 
-    def extend(self, slot: int, tokens: list[int]) -> None:
+    def extend(self, slot: int, tokens: list[int], messages: Sequence[dict] = ()) -> None:
         pass
 
     def generate(self, slots: Sequence[int], max_new_tokens: int) -> dict[int, Generated]:

@@ -47,7 +47,7 @@ class Scripted:
     def start(self, slot, tokens, task):
         self.seen.append(list(tokens))
 
-    def extend(self, slot, tokens):
+    def extend(self, slot, tokens, messages):
         self.seen[-1] += tokens
 
     def generate(self, slots, max_new_tokens):
