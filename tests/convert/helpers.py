@@ -89,3 +89,46 @@ def flat(tree):
     """{path: leaf} (numpy for arrays) of a nested dict."""
     return {tuple(k.key for k in path): np.asarray(v) if hasattr(v, "shape") else v
             for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def memorise(config, ids, loss_mask, learning_rate, stop_below, max_steps=400):
+    """A model trained from random weights (Adam, full batch) to predict `ids` [B, T] where
+    `loss_mask` [B, T - 1] is 1, until the masked loss is below `stop_below`. Returns the
+    parameters (numpy), the last loss and the steps taken."""
+    import flax.linen as nn
+    import optax
+
+    from a1jax.model import Transformer
+
+    model = Transformer(config)
+    # Jitted: op by op, the init alone took some 25 s.
+    params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), ids[:, :4]))["params"]
+    optimizer = optax.adam(learning_rate)
+
+    @jax.jit
+    def step(params, opt_state):
+        def loss(p):
+            logits = model.apply({"params": p}, ids).logits_btx[:, :-1]
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:])
+            return (ce * loss_mask).sum() / loss_mask.sum()
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    opt_state = optimizer.init(params)
+    for steps in range(1, max_steps + 1):
+        params, opt_state, value = step(params, opt_state)
+        if value < stop_below:
+            break
+    return jax.tree.map(np.asarray, params), float(value), steps
+
+
+def export_params(tmp_path_factory, config, params, dtype, name="hf"):
+    """`params` as a Hugging Face directory, through a checkpoint and `a1jax.export`."""
+    from a1jax.convert.hf_export import export
+
+    root = tmp_path_factory.mktemp("run") / "checkpoints"
+    write_checkpoint(root, config, params, tokenizer=None)
+    out = tmp_path_factory.mktemp("export") / name
+    export(str(root), str(out), dtype=dtype)
+    return out

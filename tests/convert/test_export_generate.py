@@ -6,19 +6,15 @@ seconds to memorise one tool-using trajectory (loss on the assistant turn only, 
 whatever transformers generates is then only the trained answer if export, tokenizer, template
 and generation config all agree with training."""
 
-import flax.linen as nn
-import jax
 import numpy as np
-import optax
 import pytest
 import torch
 
-from a1jax.convert.hf_export import export
 from a1jax.data.chat_template import render
 from a1jax.data.tokenizer import load_tokenizer
 from a1jax.data.tool_calls import parse_assistant
-from a1jax.model import Transformer, get_preset
-from tests.convert.helpers import write_checkpoint
+from a1jax.model import get_preset
+from tests.convert.helpers import export_params, memorise
 
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Weather forecast for a city",
@@ -39,35 +35,11 @@ def exported(tmp_path_factory):
     completion = render(QUERY + [ANSWER], TOOLS)[len(prompt):].rstrip("\n")
     prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     ids = np.asarray([prompt_ids + tok(completion, add_special_tokens=False)["input_ids"]])
-    trained = np.zeros(ids.shape[1] - 1, np.float32)
-    trained[len(prompt_ids) - 1:] = 1  # predict the assistant's tokens only
-
-    model = Transformer(config)
-    # Jitted: op by op, the init alone took some 25 s.
-    params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), ids[:, :4]))["params"]
-    optimizer = optax.adam(1e-2)
-
-    @jax.jit
-    def step(params, opt_state):
-        def loss(p):
-            logits = model.apply({"params": p}, ids).logits_btx[0, :-1]
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids[0, 1:])
-            return (ce * trained).sum() / trained.sum()
-        value, grads = jax.value_and_grad(loss)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
-    opt_state = optimizer.init(params)
-    for _ in range(400):
-        params, opt_state, value = step(params, opt_state)
-        if value < 1e-3:
-            break
+    trained = np.zeros((1, ids.shape[1] - 1), np.float32)
+    trained[0, len(prompt_ids) - 1:] = 1  # predict the assistant's tokens only
+    params, value, _ = memorise(config, ids, trained, 1e-2, stop_below=1e-3)
     assert value < 1e-2, value
-    root = tmp_path_factory.mktemp("run") / "checkpoints"
-    write_checkpoint(root, config, jax.tree.map(np.asarray, params), tokenizer=None)
-    out = tmp_path_factory.mktemp("export") / "hf"
-    export(str(root), str(out), dtype="float32")
-    return out
+    return export_params(tmp_path_factory, config, params, "float32")
 
 
 def test_exported_tokenizer_renders_a_tool_conversation_like_a1jax(exported):

@@ -43,14 +43,9 @@ def _run(cmd, timeout, **kw):
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    import flax.linen as nn
-    import jax
-    import optax
-
-    from a1jax.convert.hf_export import export
     from a1jax.data.tokenizer import TrajectoryEncoder
-    from a1jax.model import Transformer, get_preset
-    from tests.convert.helpers import write_checkpoint
+    from a1jax.model import get_preset
+    from tests.convert.helpers import export_params, memorise
 
     tok = load_tokenizer()
     config = get_preset("bench").replace(vocab_size=len(tok),
@@ -62,32 +57,10 @@ def export_dir(tmp_path_factory):
     for i, e in enumerate(encoded):
         ids[i, :len(e.tokens)] = e.tokens
         mask[i, :len(e.tokens) - 1] = np.asarray(e.loss_mask[1:])  # predict the model's tokens
-    model = Transformer(config)
-    params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), ids[:, :4]))["params"]
-    optimizer = optax.adam(5e-3)
-
-    @jax.jit
-    def step(params, opt_state):
-        def loss(p):
-            logits = model.apply({"params": p}, ids).logits_btx[:, :-1]
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:])
-            return (ce * mask).sum() / mask.sum()
-        value, grads = jax.value_and_grad(loss)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
-    opt_state = optimizer.init(params)
-    for steps in range(1, 401):
-        params, opt_state, value = step(params, opt_state)
-        if value < 5e-3:
-            break
+    params, value, steps = memorise(config, ids, mask, 5e-3, stop_below=5e-3)
     print(f"memorised in {steps} steps, loss {value:.4f}")
     assert value < 5e-3, value
-    root = tmp_path_factory.mktemp("run") / "checkpoints"
-    write_checkpoint(root, config, jax.tree.map(np.asarray, params), tokenizer=None)
-    out = tmp_path_factory.mktemp("export") / "bench"
-    export(str(root), str(out), dtype="bfloat16")
-    return out
+    return export_params(tmp_path_factory, config, params, "bfloat16", name="bench")
 
 
 @pytest.fixture(scope="module")
