@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from a1jax.model import ModelConfig, Transformer
 from a1jax.model.base import accum_dtype, project
 from a1jax.rl.losses import sva_token_losses, sva_token_weights
-from a1jax.train.step import load_balancing_loss, split_microbatches
+from a1jax.train.step import load_balancing_loss, sum_over_microbatches
 
 
 def _hidden(params, batch: dict, model_config: ModelConfig):
@@ -108,17 +108,7 @@ def opd_grads(params, batch: dict, model_config: ModelConfig, microbatches: int 
     batch["weights"] = sva_token_weights(batch["loss_mask"], batch.pop("domains"))
     grad_fn = jax.grad(opd_loss_fn, has_aux=True)
     run = lambda micro: grad_fn(params, micro, model_config, microbatches, mode)  # noqa: E731
-    if microbatches == 1:
-        grads, metrics = run(batch)
-    else:
-        micro = split_microbatches(batch, microbatches)
-        first = jax.tree.map(lambda x: x[0], micro)
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(run, first))
-
-        def one(carry, m):
-            return jax.tree.map(jnp.add, carry, run(m)), None
-
-        (grads, metrics), _ = jax.lax.scan(one, zeros, micro)
+    grads, metrics = sum_over_microbatches(run, batch, microbatches)
     tokens = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
     for name in ("reverse_kl", "coverage", "teacher_mass", "student_entropy"):
         metrics[name] = metrics[name] / tokens

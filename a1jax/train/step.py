@@ -143,18 +143,23 @@ def accumulate_grads(params, batch: dict, model_config: ModelConfig, microbatche
     grad_fn = jax.grad(loss_fn, has_aux=True)
     run = lambda micro: grad_fn(params, micro, model_config, num_trained, microbatches,
                                 z_loss_coef)
-    if microbatches == 1:
-        grads, metrics = run(batch)
-    else:
-        micro = split_microbatches(batch, microbatches)
-        first = jax.tree.map(lambda x: x[0], micro)
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(run, first))
-
-        def one(carry, micro):
-            return jax.tree.map(jnp.add, carry, run(micro)), None
-
-        (grads, metrics), _ = jax.lax.scan(one, zeros, micro)
+    grads, metrics = sum_over_microbatches(run, batch, microbatches)
     return grads, dict(metrics, trained_tokens=num_trained)
+
+
+def sum_over_microbatches(run, batch: dict, microbatches: int):
+    """run(batch) when microbatches is 1, else the sum of run(microbatch) over the
+    `split_microbatches` of the batch, in a scan (one microbatch's activations at a time)."""
+    if microbatches == 1:
+        return run(batch)
+    micro = split_microbatches(batch, microbatches)
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(run, first))
+
+    def one(carry, micro):
+        return jax.tree.map(jnp.add, carry, run(micro)), None
+
+    return jax.lax.scan(one, zeros, micro)[0]
 
 
 def train_step(state: TrainState, batch: dict, *, model_config: ModelConfig,
