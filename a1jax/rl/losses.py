@@ -107,47 +107,57 @@ def token_mean_weights(mask_bt: jax.Array) -> jax.Array:
     return mask_bt / jnp.maximum(mask_bt.sum(), 1.0)
 
 
+def grpo_token_terms(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array, *,
+                     ref_logprobs: jax.Array | None = None, entropy: jax.Array | None = None,
+                     sampler_logprobs: jax.Array | None = None,
+                     clip: tuple[float, float] = (0.2, 0.28), kl_coef: float = 0.001,
+                     entropy_coef: float = 1e-4, importance_cap: float = 2.0
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """GRPO's loss per token (see `grpo_loss`) and the per-token terms its metrics average:
+    policy_loss, clip_fraction (1 where the ratio was clipped) and, when their inputs are
+    given, importance_weight, kl, entropy. advantages broadcast against logprobs."""
+    ratio = jnp.exp(logprobs - old_logprobs)
+    low, high = clip
+    clipped = jnp.clip(ratio, 1.0 - low, 1.0 + high)
+    policy = -jnp.minimum(ratio * advantages, clipped * advantages)
+    terms: dict[str, jax.Array] = {"clip_fraction": (clipped != ratio).astype(ratio.dtype)}
+    if sampler_logprobs is not None:
+        tis = jax.lax.stop_gradient(
+            jnp.minimum(jnp.exp(old_logprobs - sampler_logprobs), importance_cap))
+        policy = policy * tis
+        terms["importance_weight"] = tis
+    terms["policy_loss"] = policy
+    per_token = policy
+    if ref_logprobs is not None:
+        d = ref_logprobs - logprobs
+        terms["kl"] = jnp.exp(d) - d - 1.0  # k3: unbiased, always >= 0
+        per_token = per_token + kl_coef * terms["kl"]
+    if entropy is not None:
+        terms["entropy"] = entropy
+        per_token = per_token - entropy_coef * entropy
+    return per_token, terms
+
+
 def grpo_loss(logprobs: jax.Array, old_logprobs: jax.Array, advantages: jax.Array,
-              mask: jax.Array, *, ref_logprobs: jax.Array | None = None,
-              entropy: jax.Array | None = None, sampler_logprobs: jax.Array | None = None,
-              clip: tuple[float, float] = (0.2, 0.28), kl_coef: float = 0.001,
-              entropy_coef: float = 1e-4, importance_cap: float = 2.0,
-              token_weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any]]:
+              mask: jax.Array, *, token_weights: jax.Array | None = None, **options
+              ) -> tuple[jax.Array, dict[str, Any]]:
     """GRPO's policy loss for one batch of sampled tokens, token-mean aggregated.
 
     logprobs [B, T]: the policy being trained, at the sampled tokens; old_logprobs [B, T]: the
     policy that sampled them, as the trainer computes it; advantages [B] (a sample's) or
     [B, T]; mask [B, T] (1 on the model's tokens). Per token: -min(r A, clip(r, 1 - lo, 1 + hi) A)
     with r = exp(logprobs - old_logprobs), plus kl_coef times the k3 estimate of KL to the
-    reference (exp(d) - d - 1, d = ref - logprobs) and minus entropy_coef times `entropy`
-    (per-token entropy of the trained policy) when given. `sampler_logprobs` (the inference
-    engine's log-probabilities of the same tokens) adds the truncated importance weight
-    min(exp(old - sampler), importance_cap), held constant, for the sampler/trainer mismatch."""
+    reference (exp(d) - d - 1, d = ref_logprobs - logprobs) and minus entropy_coef times
+    `entropy` (per-token entropy of the trained policy) when given. `sampler_logprobs` (the
+    inference engine's log-probabilities of the same tokens) adds the truncated importance weight
+    min(exp(old - sampler), importance_cap), held constant, for the sampler/trainer mismatch.
+    options: ref_logprobs, entropy, sampler_logprobs, clip=(0.2, 0.28), kl_coef=0.001,
+    entropy_coef=1e-4, importance_cap=2.0. Metrics: each term's token mean."""
     mask_bt = mask.astype(logprobs.dtype)
     weights_bt = token_mean_weights(mask_bt) if token_weights is None else token_weights
     adv_bt = advantages if advantages.ndim == 2 else advantages[:, None]
-    ratio_bt = jnp.exp(logprobs - old_logprobs)
-    low, high = clip
-    clipped_bt = jnp.clip(ratio_bt, 1.0 - low, 1.0 + high)
-    policy_bt = -jnp.minimum(ratio_bt * adv_bt, clipped_bt * adv_bt)
-    metrics: dict[str, Any] = {}
-    if sampler_logprobs is not None:
-        tis_bt = jax.lax.stop_gradient(
-            jnp.minimum(jnp.exp(old_logprobs - sampler_logprobs), importance_cap))
-        policy_bt = policy_bt * tis_bt
-        metrics["importance_weight"] = jnp.sum(tis_bt * weights_bt)
-    per_token_bt = policy_bt
-    if ref_logprobs is not None:
-        d_bt = ref_logprobs - logprobs
-        k3_bt = jnp.exp(d_bt) - d_bt - 1.0
-        per_token_bt = per_token_bt + kl_coef * k3_bt
-        metrics["kl"] = jnp.sum(k3_bt * weights_bt)
-    if entropy is not None:
-        per_token_bt = per_token_bt - entropy_coef * entropy
-        metrics["entropy"] = jnp.sum(entropy * weights_bt)
-    was_clipped = (clipped_bt != ratio_bt) & (mask_bt > 0)
-    metrics["clip_fraction"] = jnp.sum(was_clipped) / jnp.maximum(mask_bt.sum(), 1.0)
-    metrics["policy_loss"] = jnp.sum(policy_bt * weights_bt)
+    per_token_bt, terms = grpo_token_terms(logprobs, old_logprobs, adv_bt, **options)
+    metrics = {name: jnp.sum(v * weights_bt) for name, v in terms.items()}
     return jnp.sum(per_token_bt * weights_bt), metrics
 
 
