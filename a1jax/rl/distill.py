@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from a1jax.model import ModelConfig, Transformer
-from a1jax.model.base import accum_dtype, project
+from a1jax.rl.chunks import map_chunks, scan_chunks
 from a1jax.rl.losses import sva_token_losses, sva_token_weights
 from a1jax.train.step import load_balancing_loss, sum_over_microbatches
 
@@ -27,59 +27,37 @@ def _hidden(params, batch: dict, model_config: ModelConfig):
                                            batch["segment_ids"], batch["positions"], head=False)
 
 
-def _chunks(t: int, chunk: int) -> int:
-    """How many strided chunks the time axis is cut into (1: the plain path)."""
-    return 1 if chunk <= 0 or t <= chunk or t % chunk else t // chunk
-
-
 def teacher_topk(params, batch: dict, model_config: ModelConfig, k: int
                  ) -> tuple[jax.Array, jax.Array]:
     """The teacher's k most likely next tokens at every position of `batch` and their
     full-vocabulary log-probabilities: ([b, t, k] int32, [b, t, k] float32)."""
     out = _hidden(params, batch, model_config)
-    x_btd, w_dx = out.hidden_btd, out.head_dx
-    b, t, _ = x_btd.shape
-    f32 = accum_dtype(x_btd, w_dx)
-    n = _chunks(t, model_config.loss_chunk_size)
 
-    def one(x_bcd):
-        logits_bcx = project(x_bcd, w_dx, 1, f32)
-        values_bck, ids_bck = jax.lax.top_k(logits_bcx, k)
-        return ids_bck, values_bck - jax.nn.logsumexp(logits_bcx, -1, keepdims=True)
+    def one(logits_bcv, _):
+        values_bck, ids_bck = jax.lax.top_k(logits_bcv, k)
+        return ids_bck, values_bck - jax.nn.logsumexp(logits_bcv, -1, keepdims=True)
 
-    if n == 1:
-        return one(x_btd)
-    # Chunk j takes positions j, j + n, ...: each sequence shard computes its share of each.
-    x_nbcd = jnp.moveaxis(x_btd.reshape(b, t // n, n, -1), 2, 0)
-    ids, logprobs = jax.lax.map(one, x_nbcd)
-    unsplit = lambda a: jnp.moveaxis(a, 0, 2).reshape(b, t, k)  # noqa: E731
-    return unsplit(ids), unsplit(logprobs)
+    return map_chunks(one, out.hidden_btd, out.head_dx, (), model_config.loss_chunk_size)
+
+
+STATS = ("reverse_kl", "coverage", "teacher_mass", "student_entropy")
 
 
 def sva_sum(x_btd: jax.Array, w_dx: jax.Array, teacher_ids_btk: jax.Array,
             teacher_logprobs_btk: jax.Array, weights_bt: jax.Array, mask_bt: jax.Array,
             chunk: int, mode: str) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """sum_t weights_t * SVA_t of the student logits x_btd @ w_dx, a chunk at a time
-    (recomputed in the backward pass), and the masked sums of the per-token statistics."""
-    b, t, _ = x_btd.shape
-    f32 = accum_dtype(x_btd, w_dx)
-    n = _chunks(t, chunk)
-    split = lambda a: jnp.moveaxis(a.reshape(b, t // n, n, *a.shape[2:]), 2, 0)  # noqa: E731
-
-    @jax.checkpoint
-    def one(carry, xs):
-        x_bcd, ids_bck, lt_bck, w_bc, m_bc = xs
-        kl_bc, stats = sva_token_losses(project(x_bcd, w_dx, 1, f32), ids_bck, lt_bck, mode)
+    """sum_t weights_t * SVA_t of the student logits x_btd @ w_dx, a chunk at a time, and the
+    masked sums of the per-token statistics."""
+    def one(carry, logits_bcv, c):
+        ids_bck, lt_bck, w_bc, m_bc = c
+        kl_bc, stats = sva_token_losses(logits_bcv, ids_bck, lt_bck, mode)
         sums = {"reverse_kl": kl_bc, **stats}
         return jax.tree.map(jnp.add, carry, (jnp.sum(w_bc * kl_bc), {
-            name: jnp.sum(v * m_bc) for name, v in sums.items()})), None
+            name: jnp.sum(v * m_bc) for name, v in sums.items()}))
 
-    zero = jnp.zeros((), f32)
-    init = (zero, dict.fromkeys(("reverse_kl", "coverage", "teacher_mass", "student_entropy"),
-                                zero))
-    xs = (x_btd, teacher_ids_btk, teacher_logprobs_btk, weights_bt, mask_bt.astype(f32))
-    (total, sums), _ = jax.lax.scan(one, init, jax.tree.map(split, xs))
-    return total, sums
+    zero = jnp.zeros((), jnp.float32)
+    xs = (teacher_ids_btk, teacher_logprobs_btk, weights_bt, mask_bt.astype(jnp.float32))
+    return scan_chunks(one, (zero, dict.fromkeys(STATS, zero)), x_btd, w_dx, xs, chunk)
 
 
 def opd_loss_fn(params, batch: dict, model_config: ModelConfig, num_micro: int = 1,
@@ -110,6 +88,6 @@ def opd_grads(params, batch: dict, model_config: ModelConfig, microbatches: int 
     run = lambda micro: grad_fn(params, micro, model_config, microbatches, mode)  # noqa: E731
     grads, metrics = sum_over_microbatches(run, batch, microbatches)
     tokens = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
-    for name in ("reverse_kl", "coverage", "teacher_mass", "student_entropy"):
+    for name in STATS:
         metrics[name] = metrics[name] / tokens
     return grads, metrics

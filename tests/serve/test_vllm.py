@@ -2,9 +2,9 @@
 log-probabilities as transformers, tool calls parsed as a1jax parses them, and `a1jax.eval`
 through the server scoring each episode as in-process generation does.
 
-The model is `bench`-sized, trained to memorise three tasks' trajectories, exported in bfloat16. vLLM runs in its own
-environment (`.venv-serve`, built by `launch/serve.sh --setup` on first use, about 4 GB); when it
-cannot be built here the tests skip and say why."""
+The model is `bench`-sized, trained to memorise three tasks' trajectories, exported in
+bfloat16. vLLM runs in its own environment (`.venv-serve`, built by `launch/serve.sh --setup` on
+first use, about 4 GB); when it cannot be built here the tests skip and say why."""
 
 import json
 import os
