@@ -5,8 +5,8 @@ computed once so that shards and microbatches sum to the batch loss.
 Neither side ever holds a [batch, time, vocabulary] array: logits are made `chunk` positions of
 each row at a time from the final hidden states (as the SFT loss does), and only the teacher's
 top-k ids and log-probabilities [b, t, k] leave its forward pass. Within a chunk the top-k runs
-over the vocabulary as the logits are laid out; XLA partitions it when the vocabulary axis is
-sharded.
+over the vocabulary as the logits are laid out (what XLA makes of it with the vocabulary axis
+sharded, local top-k then merge or a gather first, is not yet checked).
 """
 
 from __future__ import annotations
