@@ -178,7 +178,8 @@ def test_a_served_tool_call_is_what_a1jax_parses(export_dir, server):
 
 def test_eval_through_the_server_scores_each_episode_as_in_process(export_dir, server, tmp_path):
     common = ["--horizons", "1", "--n", "1", "--runs", "1", "--greedy", "--batch", "3",
-              "--max-turns", "6", "--max-turn-tokens", "160", "--seed", "7"]
+              "--max-turns", "6", "--max-turn-tokens", "160", "--max-context", "4096",
+              "--seed", "7"]  # a small cache: the in-process engine compiles for it
     assert evaluate.main(["--endpoint", server, "--out", str(tmp_path / "served")] + common) == 0
     assert evaluate.main(["--model", str(export_dir), "--dtype", "bfloat16", "--out",
                           str(tmp_path / "local")] + common) == 0
