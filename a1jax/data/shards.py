@@ -124,6 +124,10 @@ class ShardDir:
             shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
             raise ShardError(f"{len(missing)} of {num_shards} shards are not measured yet "
                              f"(shard index {shown}); run them first")
+        # A writer killed between writing and renaming leaves a temporary file; once every
+        # shard is in, nothing will rename it, so it goes.
+        for stale in self.root.glob("*.tmp*"):
+            stale.unlink(missing_ok=True)
         for i in range(num_shards):
             for raw in json.loads(self.path(i, num_shards).read_text()):
                 yield Entry(**raw)

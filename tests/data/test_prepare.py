@@ -248,12 +248,16 @@ def test_kill_9_then_rerun_measures_only_what_is_missing(tmp_path):
     proc.kill()
     proc.wait()
     measured = len(list(state.glob("shard-*.json")))
-    assert 3 <= measured < 40 and not list(state.glob("*.tmp*"))  # whole shard files only
+    assert 3 <= measured < 40
+    for shard in state.glob("shard-*.json"):  # a kill mid-write leaves a .tmp, never half a shard
+        json.loads(shard.read_text())
+    (state / "shard-00039-of-00040.json.tmp1").write_text("[{")  # as a kill mid-write leaves
     r = subprocess.run([sys.executable, "-m", "a1jax.data.prepare", "--out",
                         str(tmp_path / "killed")] + argv, cwd=ROOT, capture_output=True,
                        text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
     assert r.returncode == 0, r.stderr
     assert f"resuming: {measured} of 40 shards already measured" in r.stdout
+    assert not list(state.glob("*.tmp*"))
     assert prepare.main(["--out", str(tmp_path / "whole")] + argv) == 0
     killed, whole = dataset_content(tmp_path / "killed"), dataset_content(tmp_path / "whole")
     assert killed == whole and len(whole[1]["train"]) > 100
