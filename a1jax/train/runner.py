@@ -97,27 +97,7 @@ def check(c: ml_collections.ConfigDict, workdir: str, num_devices: int | None = 
                        "--config.init_from to its workdir or checkpoint (a1jax.curriculum "
                        "sets it)")
     if c.init_from and check_init:
-        init_path = os.path.abspath(c.init_from)
-        if not os.path.exists(init_path):
-            raise RunError(f"init_from {c.init_from}: no such file or directory")
-        if os.path.isfile(os.path.join(init_path, "config.json")):
-            init_kind = "hf"
-            theirs = hf_load.read_config(init_path)
-        else:
-            init_kind = "checkpoint"
-            root, init_step = ckpt_lib.resolve(init_path)
-            reader = ckpt_lib.Checkpointer(root, read_only=True)
-            if reader.latest_step() is None:
-                raise RunError(f"init_from {c.init_from}: no complete checkpoint there")
-            init_path = root
-            meta = reader.meta(init_step)
-            init_step = init_step if init_step is not None else reader.latest_step()
-            theirs = ModelConfig.from_json_dict(meta["model_config"])
-        diff = _differences(experiment.parameter_fields(model_config),
-                            experiment.parameter_fields(theirs))
-        if diff:
-            raise RunError(f"init_from {c.init_from} is a different model: "
-                           f"{'; '.join(diff[:3])}")
+        init_kind, init_path, init_step = weights_source(c.init_from, model_config, "init_from")
 
     root = os.path.join(workdir, "checkpoints")
     if os.path.isdir(root):
@@ -132,6 +112,51 @@ def check(c: ml_collections.ConfigDict, workdir: str, num_devices: int | None = 
                     " Use another --workdir, or delete that one to start over")
     return Plan(c, workdir, model_config, spec, experiment.num_steps(c), tokenizer_dir,
                 init_kind, init_path, init_step)
+
+
+def weights_source(path: str, model_config: ModelConfig, what: str
+                   ) -> tuple[str, str, int | None]:
+    """Where a model's weights come from, checked against `model_config`'s parameters:
+    ("hf", directory, None) or ("checkpoint", checkpoint root, step). `what` names the setting
+    in errors."""
+    given, path = path, os.path.abspath(path)
+    if not os.path.exists(path):
+        raise RunError(f"{what} {given}: no such file or directory")
+    step = None
+    if os.path.isfile(os.path.join(path, "config.json")):
+        kind = "hf"
+        theirs = hf_load.read_config(path)
+    else:
+        kind = "checkpoint"
+        path, step = ckpt_lib.resolve(path)
+        reader = ckpt_lib.Checkpointer(path, read_only=True)
+        if reader.latest_step() is None:
+            raise RunError(f"{what} {given}: no complete checkpoint there")
+        meta = reader.meta(step)
+        step = step if step is not None else reader.latest_step()
+        theirs = ModelConfig.from_json_dict(meta["model_config"])
+    diff = _differences(experiment.parameter_fields(model_config),
+                        experiment.parameter_fields(theirs))
+    if diff:
+        raise RunError(f"{what} {given} is a different model: {'; '.join(diff[:3])}")
+    return kind, path, step
+
+
+def load_weights(kind: str, path: str, step: int | None, trainer: Trainer,
+                 report: Callable[[str], None], what: str = "initialising from"):
+    """The parameters of a `weights_source`, laid out as the trainer's state holds them;
+    `report` is told "{what} {path} ..."."""
+    config = trainer.model_config
+    if kind == "hf":
+        report(f"{what} Hugging Face checkpoint {path}")
+        _, params, _ = hf_load.load_params(path, config)
+        params = convert_layers(params, config, config.scan_layers)
+        return jax.device_put(params, trainer.state_sharding.params)
+    report(f"{what} {path} step {step} (parameters only)")
+    reader = ckpt_lib.Checkpointer(path, read_only=True)
+    stacked = reader.params_stacked(step)
+    params = reader.restore_params(trainer.restore_target(stacked).params, step)
+    return trainer.to_layer_form(params) if stacked != config.scan_layers else params
 
 
 def build(plan: Plan, devices=None) -> Trainer:
@@ -177,19 +202,18 @@ class _Preemption:
 def _init_state(plan: Plan, trainer: Trainer, report: Callable[[str], None]):
     if plan.init_kind == "random":
         return trainer.init(jax.random.key(plan.config.seed))
-    if plan.init_kind == "hf":
-        report(f"initialising from Hugging Face checkpoint {plan.init_path}")
-        _, params, _ = hf_load.load_params(plan.init_path, plan.model_config)
-        params = convert_layers(params, plan.model_config, plan.model_config.scan_layers)
-        params = jax.device_put(params, trainer.state_sharding.params)
-    else:
-        report(f"initialising from {plan.init_path} step {plan.init_step} (parameters only)")
-        reader = ckpt_lib.Checkpointer(plan.init_path, read_only=True)
-        stacked = reader.params_stacked(plan.init_step)
-        params = reader.restore_params(trainer.restore_target(stacked).params, plan.init_step)
-        if stacked != plan.model_config.scan_layers:
-            params = trainer.to_layer_form(params)
-    return trainer.state_from_params(params)
+    return trainer.state_from_params(
+        load_weights(plan.init_kind, plan.init_path, plan.init_step, trainer, report))
+
+
+def resume_state(checkpoints: ckpt_lib.Checkpointer, trainer: Trainer, plan: Plan, step: int):
+    """The run's state at `step` and its saved position (the data iterator's, or an RL
+    learner's), in this trainer's layout, whichever `scan_layers` wrote it."""
+    stacked = checkpoints.params_stacked(step)
+    state, position = checkpoints.restore_state(trainer.restore_target(stacked), step)
+    if stacked != plan.model_config.scan_layers:
+        state = trainer.to_layer_form(state)
+    return state, position
 
 
 def _evaluate(trainer: Trainer, params, batches) -> float:
@@ -227,7 +251,11 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
         batch_hook: Callable[[int, dict], dict] | None = None,
         report: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs (or resumes, or finds finished) the experiment `c` in `workdir`; returns the
-    summary. `batch_hook(step, batch)` may replace a host batch before it is used (tests)."""
+    summary. `batch_hook(step, batch)` may replace a host batch before it is used (tests).
+    A GRPO or OPD experiment (rl.algorithm) runs in `a1jax.rl.learner`."""
+    if c.rl.algorithm != "sft":
+        from a1jax.rl import learner
+        return learner.run(c, workdir, report=report)
     plan = check(c, workdir)
     workdir = plan.workdir
     summary_path = os.path.join(workdir, "summary.json")
@@ -265,10 +293,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
             "hf_source": None, "skipped": 0, "seconds": 0.0}
     start = checkpoints.latest_step()
     if start is not None:
-        stacked = checkpoints.params_stacked(start)
-        state, data_state = checkpoints.restore_state(trainer.restore_target(stacked), start)
-        if stacked != plan.model_config.scan_layers:  # resumed with the other scan_layers
-            state = trainer.to_layer_form(state)
+        state, data_state = resume_state(checkpoints, trainer, plan, start)
         train_it.set_state(data_state)
         saved = checkpoints.meta(start)
         meta.update(skipped=saved.get("skipped", 0), seconds=saved.get("seconds", 0.0),

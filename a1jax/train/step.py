@@ -165,15 +165,24 @@ def sum_over_microbatches(run, batch: dict, microbatches: int):
 def train_step(state: TrainState, batch: dict, *, model_config: ModelConfig,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                microbatches: int = 1, z_loss_coef: float = 0.0) -> tuple[TrainState, dict]:
-    """One optimizer update over the global batch. Returns the new state and the metrics.
-
-    A step whose loss or gradient norm is not finite keeps the old parameters and optimizer
-    state (metrics["skipped"] = 1); `step` counts batches consumed either way, so a skipped batch
-    is not retried. Whether to go on or stop is the runner's choice."""
+    """One optimizer update over the global batch. Returns the new state and the metrics."""
     grads, metrics = accumulate_grads(state.params, batch, model_config, microbatches,
                                       z_loss_coef)
+    return apply_update(state, grads, metrics, metrics["loss"], optimizer=optimizer,
+                        schedule=schedule)
+
+
+def apply_update(state: TrainState, grads: Any, metrics: dict, loss: jax.Array, *,
+                 optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                 apply: jax.Array | bool = True) -> tuple[TrainState, dict]:
+    """The optimizer update of `state` with `grads` (the SFT step's and the RL learners').
+
+    A step whose loss or gradient norm is not finite keeps the old parameters and optimizer
+    state (metrics["skipped"] = 1), as does one with `apply` false (a batch with nothing to
+    learn: metrics["skipped"] stays 0); `step` counts batches consumed either way, so a skipped
+    batch is not retried. Whether to go on or stop is the runner's choice."""
     grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     def update(params_and_opt_state):
         params, opt_state = params_and_opt_state
@@ -184,7 +193,7 @@ def train_step(state: TrainState, batch: dict, *, model_config: ModelConfig,
     # after the update has written the new one into its (donated) buffers, so XLA copies all
     # of it first, and on the CPU makes those copies at the start of the step (0.23 GiB of
     # the bench model's peak).
-    params, opt_state = jax.lax.cond(finite, update, lambda unchanged: unchanged,
+    params, opt_state = jax.lax.cond(finite & apply, update, lambda unchanged: unchanged,
                                      (state.params, state.opt_state))
     metrics = dict(metrics, grad_norm=grad_norm, learning_rate=schedule(state.step),
                    skipped=(~finite).astype(jnp.int32))
