@@ -111,6 +111,38 @@ def base() -> ml_collections.ConfigDict:
     c.agent_eval.max_turns = 8
     c.agent_eval.max_turn_tokens = 256
     c.agent_eval.max_context = 4096
+    # After SFT (a1jax.rl.learner, experiments/paper/): "sft" trains on trajectories; "grpo"
+    # (a domain teacher) and "opd" (multi-teacher on-policy distillation) learn from the policy's
+    # own episodes: each step rolls out `batch_size` episodes (batch_size / group_size prompts,
+    # group_size samples each) with the current parameters, scores them, and updates once.
+    c.rl = ml_collections.ConfigDict()
+    c.rl.algorithm = "sft"  # sft | grpo | opd
+    c.rl.domains = "kb_search"  # the rolled-out tasks' domains, comma-separated (opd: all)
+    c.rl.horizon_min = 1
+    c.rl.horizon_max = 2
+    c.rl.group_size = 4  # samples per prompt (grpo's G); opd takes 1
+    c.rl.temperature = 1.0
+    c.rl.max_turns = 8  # model calls per episode; the context is seq_len
+    c.rl.max_turn_tokens = 256
+    c.rl.advantage = "grpo"  # grpo | dr_grpo | rloo (a1jax.rl.losses.ADVANTAGES)
+    c.rl.dynamic_sampling = True  # drop groups whose rewards do not vary
+    c.rl.clip_low = 0.2  # the paper's search teacher: [0.2, 0.28]
+    c.rl.clip_high = 0.28
+    c.rl.kl_coef = 0.001  # k3 KL to the starting (reference) policy; 0: no reference kept
+    c.rl.entropy_coef = 1e-4
+    c.rl.importance_cap = 2.0  # truncated importance weight for the sampler/trainer mismatch
+    # The task reward: the verifier's 0/1, minus turn_penalty per model call past free_turns
+    # (the paper's linear turn penalty), minus format_penalty per malformed call.
+    c.rl.turn_penalty = 0.0
+    c.rl.free_turns = 8
+    c.rl.format_penalty = 0.0
+    c.rl.reward = ""  # "": the task reward; "package.module:function": episode -> float
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teachers = ""  # "kb_search=DIR,calculator=DIR,files=DIR", or "*=DIR" for all
+    c.distill.top_k = 64  # the paper does not state k
+    c.distill.mode = "renormalised"  # renormalised (the paper) | tail_bin
+    c.distill.resident = True  # every teacher kept loaded; False: load, score, drop per step
+
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 25
     c.checkpoint.keep = 2  # the latest K, plus the stage's final step, always kept
@@ -270,6 +302,69 @@ def validate(c: ml_collections.ConfigDict) -> None:
             f"seq_len {c.seq_len} exceeds the model's context max_position_embeddings="
             f"{config.max_position_embeddings}; set --config.model.rope_scaling=yarn to extend it")
     num_steps(c)
+    if c.rl.algorithm != "sft":
+        rl_settings(c)
+
+
+RL_ALGORITHMS = ("sft", "grpo", "opd")
+
+
+def rl_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`rl` and `distill` as typed values, checked: algorithm, domains, horizons, group_size,
+    prompts (batch_size / group_size), teachers {domain: path} and the loss options."""
+    from a1jax.rl.losses import ADVANTAGES, SVA_MODES
+
+    r, d = c.rl, c.distill
+    if r.algorithm not in RL_ALGORITHMS:
+        raise ExperimentError(f"rl.algorithm must be one of {', '.join(RL_ALGORITHMS)}, got "
+                              f"{r.algorithm!r}")
+    domains = [x.strip() for x in r.domains.split(",") if x.strip()]
+    unknown = [x for x in domains if x not in DOMAINS]
+    if not domains or unknown:
+        raise ExperimentError(f"rl.domains: {r.domains!r}; known: {', '.join(DOMAINS)}")
+    if not 1 <= r.horizon_min <= r.horizon_max:
+        raise ExperimentError(f"rl horizon range [{r.horizon_min}, {r.horizon_max}] is empty")
+    group = r.group_size if r.algorithm == "grpo" else 1
+    if r.algorithm == "grpo" and group < 2:
+        raise ExperimentError(f"rl.group_size must be >= 2 for grpo (advantages compare the "
+                              f"samples of a prompt), got {group}")
+    if c.batch_size % group:
+        raise ExperimentError(f"batch_size {c.batch_size} must be a multiple of rl.group_size "
+                              f"{group} (prompts x samples per prompt)")
+    if r.advantage not in ADVANTAGES:
+        raise ExperimentError(f"rl.advantage must be one of {', '.join(ADVANTAGES)}, got "
+                              f"{r.advantage!r}")
+    if d.mode not in SVA_MODES:
+        raise ExperimentError(f"distill.mode must be one of {', '.join(SVA_MODES)}, got "
+                              f"{d.mode!r}")
+    for key in ("max_turns", "max_turn_tokens"):
+        if r[key] < 1:
+            raise ExperimentError(f"rl.{key} must be positive, got {r[key]}")
+    if r.temperature <= 0:
+        raise ExperimentError(f"rl.temperature must be > 0 (on-policy samples), got "
+                              f"{r.temperature}")
+    if r.reward and ":" not in r.reward:
+        raise ExperimentError(f"rl.reward: {r.reward!r} is not 'package.module:function'")
+    teachers: dict[str, str] = {}
+    if r.algorithm == "opd":
+        vocab = model_config(c).vocab_size
+        if not 1 <= d.top_k <= vocab:
+            raise ExperimentError(f"distill.top_k must be in [1, {vocab}] (the vocabulary), got "
+                                  f"{d.top_k}")
+        given = dict(_pairs(d.teachers, "distill.teachers"))
+        for name in given:
+            if name != "*" and name not in DOMAINS:
+                raise ExperimentError(f"distill.teachers names {name!r}, not a domain "
+                                      f"({', '.join(DOMAINS)}) or '*'")
+        for domain in domains:
+            path = given.get(domain, given.get("*"))
+            if not path:
+                raise ExperimentError(f"domain {domain} has no teacher: set distill.teachers "
+                                      f"(\"{domain}=DIR,...\" or \"*=DIR\")")
+            teachers[domain] = path
+    return {"algorithm": r.algorithm, "domains": domains, "group_size": group,
+            "prompts": c.batch_size // group, "teachers": teachers,
+            "horizons": (r.horizon_min, r.horizon_max)}
 
 
 def agent_eval_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -313,10 +408,15 @@ def identity(c: ml_collections.ConfigDict) -> dict[str, Any]:
     """What makes two runs the same experiment (a workdir's checkpoints must match it):
     the stage, the model, the data and the step's shape; not steps, logging or layout, which a
     resumed run may change."""
-    return {"stage": c.stage, "model": parameter_fields(model_config(c)),
-            "seed": c.seed, "seq_len": c.seq_len, "batch_size": c.batch_size,
-            "data": {"dir": c.data.dir, "mixture": c.data.mixture.to_dict(),
-                     "horizon": [c.data.horizon_min, c.data.horizon_max]}}
+    out = {"stage": c.stage, "model": parameter_fields(model_config(c)),
+           "seed": c.seed, "seq_len": c.seq_len, "batch_size": c.batch_size,
+           "data": {"dir": c.data.dir, "mixture": c.data.mixture.to_dict(),
+                    "horizon": [c.data.horizon_min, c.data.horizon_max]}}
+    if c.rl.algorithm != "sft":  # an SFT run's identity is what it was before rl existed
+        out["rl"] = c.rl.to_dict()
+        if c.rl.algorithm == "opd":
+            out["distill"] = c.distill.to_dict()
+    return out
 
 
 def fingerprint(c: ml_collections.ConfigDict) -> str:

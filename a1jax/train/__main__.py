@@ -96,6 +96,12 @@ def main(argv):
     except A1Error as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if "algorithm" in summary:  # a GRPO or OPD learner's
+        print(f"{summary['stage']}: {summary['status']} at step {summary['steps']}; "
+              f"{summary['episodes']} episodes, recent training success "
+              f"{summary['train_success']}, held-out success {summary['held_out_success']}; "
+              f"checkpoints in {summary['workdir']}/checkpoints")
+        return
     print(f"{summary['stage']}: {summary['status']} at step {summary['steps']}; train loss "
           f"{summary['train_loss']}, eval loss {summary['eval_loss']}; checkpoints in "
           f"{summary['workdir']}/checkpoints")

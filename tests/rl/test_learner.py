@@ -1,0 +1,237 @@
+r"""The GRPO and OPD learners (a1jax.rl.learner): rollout -> score -> update on the tiny model cut
+to two layers, resumed after kill -9, the direction of GRPO's update, teachers equal to the
+student, routing, and the errors given before anything compiles."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from a1jax import curriculum, experiment
+from a1jax.errors import A1Error
+from a1jax.rl import learner
+from a1jax.train import metrics, runner
+from tests.train.runner_helpers import REPO, assert_trees_close, final_params, wait_for_step
+
+GRPO = os.path.join(REPO, "experiments", "paper", "teacher_grpo.py")
+OPD = os.path.join(REPO, "experiments", "paper", "opd_multi_teacher.py")
+TWO_LAYERS = "model.extra=num_hidden_layers=2,layer_types=null"
+# A random start, and a reward its samples vary under (tests/rl/rewards.py).
+GRPO_SETS = ("requires_init=False", "rl.reward=tests.rl.rewards:first_token_even", "steps=4",
+             "checkpoint.every=1", "checkpoint.keep=10", "rl.max_turn_tokens=16",
+             "optim.learning_rate=0.01", TWO_LAYERS)
+OPD_SETS = ("requires_init=False", "steps=4", "checkpoint.every=1", "checkpoint.keep=10",
+            "rl.max_turn_tokens=16",
+            "optim.learning_rate=0.001", TWO_LAYERS)
+quiet = dict(report=lambda _: None)
+
+
+def config(path: str, *sets: str):
+    c = curriculum.load_experiment(path, "model=tiny,smoke=True")
+    for assignment in sets:
+        curriculum.override(c, assignment)
+    return c
+
+
+def cli(path: str, workdir: str, *sets: str) -> list[str]:
+    return ([sys.executable, "-m", "a1jax.train", "--config", f"{path}:model=tiny,smoke=True",
+             "--workdir", workdir] + [f"--config.{s}" for s in sets])
+
+
+def rollouts(workdir: str) -> dict[str, str]:
+    folder = os.path.join(workdir, "rollouts")
+    return {name: open(os.path.join(folder, name)).read() for name in sorted(os.listdir(folder))}
+
+
+def train_records(workdir: str) -> dict[int, dict]:
+    return {r["step"]: r for r in metrics.read(workdir) if r["kind"] == "train"}
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("grpo"))
+    summary = runner.run(config(GRPO, *GRPO_SETS), workdir, **quiet)
+    assert summary["status"] == "finished" and summary["episodes"] == 4 * 8
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def opd_run(grpo_run, tmp_path_factory):
+    """A random student (seed 0) distilled from the GRPO run's final weights."""
+    workdir = str(tmp_path_factory.mktemp("opd"))
+    sets = OPD_SETS + (f"distill.teachers=*={grpo_run}",)
+    summary = runner.run(config(OPD, *sets), workdir, **quiet)
+    assert summary["status"] == "finished"
+    return workdir, sets
+
+
+def kill_9_then_rerun(path: str, sets: tuple, workdir: str, step: int) -> str:
+    proc = subprocess.Popen(cli(path, workdir, *sets), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    wait_for_step(workdir, proc, step)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert max(train_records(workdir)) < int(dict(s.split("=", 1) for s in sets)["steps"])
+    rerun = subprocess.run(cli(path, workdir, *sets), cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    return rerun.stdout
+
+
+def test_grpo_kill_9_then_rerun_equals_uninterrupted(grpo_run, tmp_path):
+    workdir = str(tmp_path / "killed")
+    out = kill_9_then_rerun(GRPO, GRPO_SETS, workdir, 2)
+    assert "resumed from step" in out and "finished at step 4; 32 episodes" in out
+    assert rollouts(workdir) == rollouts(grpo_run)  # the same sampled episodes, byte for byte
+    assert_trees_close(final_params(workdir), final_params(grpo_run), atol=1e-6)
+
+
+def test_opd_kill_9_then_rerun_equals_uninterrupted(opd_run, tmp_path):
+    reference, sets = opd_run
+    workdir = str(tmp_path / "killed")
+    out = kill_9_then_rerun(OPD, sets, workdir, 2)
+    assert "resumed from step" in out and "finished at step 4; 32 episodes" in out
+    assert rollouts(workdir) == rollouts(reference)
+    assert_trees_close(final_params(workdir), final_params(reference), atol=1e-6)
+
+
+def _batch(records: list[dict], seq_len: int) -> dict:
+    episodes = [types.SimpleNamespace(task=types.SimpleNamespace(id=r["id"]),
+                                      **{k: r["metadata"]["episode"][k] for k in
+                                         ("tokens", "model_mask", "logprobs")})
+                for r in records]
+    return learner.episode_batch(episodes, seq_len)
+
+
+def test_grpo_update_moves_toward_advantaged_episodes(grpo_run):
+    """Step 2's update raises GRPO's surrogate sum_t w_t A_i log pi(token t) on step 2's own
+    episodes (token-mean weights w); each group holds a better and a worse sample."""
+    from a1jax.rl.losses import token_mean_weights
+    from a1jax.rl.policy import token_logprobs
+
+    c = config(GRPO, *GRPO_SETS)
+    with open(os.path.join(grpo_run, "rollouts", "step-000002.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    adv = np.array([r["metadata"]["episode"]["advantage"] for r in records], np.float32)
+    assert (adv > 0).any() and (adv < 0).any()
+    assert [r["metadata"]["episode"]["policy_version"] for r in records] == [1] * 8
+    assert [r["metadata"]["run"] for r in records] == [0, 1, 2, 3] * 2
+    batch = _batch(records, c.seq_len)
+    weights = np.asarray(token_mean_weights(batch["loss_mask"])) * adv[:, None]
+    logp = jax.jit(lambda p, b: token_logprobs(p, b, experiment.model_config(c)))
+    before, after = (float(np.sum(np.asarray(logp(final_params(grpo_run, s), batch)) * weights))
+                     for s in (1, 2))
+    assert after > before + 1e-3, (before, after)
+
+
+def test_grpo_metrics(grpo_run):
+    r = train_records(grpo_run)
+    assert sorted(r) == [1, 2, 3, 4]
+    for name in ("reward_mean", "success", "success/kb_search", "group_reward_std",
+                 "groups_kept", "clip_fraction", "kl", "entropy", "importance_weight",
+                 "response_tokens", "turns", "sampler_logprob_diff", "rollout_s"):
+        assert all(name in rec for rec in r.values()), name
+    assert r[1]["kl"] == 0.0 and r[4]["kl"] > 0  # the reference is the start
+    assert 0 < r[1]["sampler_logprob_diff"] < 1e-4  # engine and trainer: the same model
+
+
+def test_opd_from_itself_is_zero_and_update_moves_toward_teacher(grpo_run, opd_run, tmp_path):
+    """A student whose teacher is itself: SVA 0 at the first step. A random student distilled
+    from another model: step 2's update lowers the SVA loss on step 2's own episodes."""
+    from a1jax.rl.distill import opd_loss_fn, teacher_topk
+    from a1jax.rl.losses import sva_token_weights
+
+    same = str(tmp_path / "same")
+    sets = OPD_SETS + ("steps=1", f"init_from={grpo_run}", f"distill.teachers=*={grpo_run}")
+    runner.run(config(OPD, *sets), same, **quiet)
+    first = train_records(same)[1]
+    assert first["reverse_kl"] == pytest.approx(0.0, abs=1e-7)
+    assert first["sva_loss"] == pytest.approx(0.0, abs=1e-7)
+    assert first["coverage"] == pytest.approx(first["teacher_mass"], rel=1e-5)
+
+    workdir, sets = opd_run
+    c = config(OPD, *sets)
+    model_config = experiment.model_config(c)
+    with open(os.path.join(workdir, "rollouts", "step-000002.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    batch = _batch(records, c.seq_len)
+    del batch["sampler_logprobs"]
+    domains = np.array([learner.DOMAIN_IDS[r["domain"]] for r in records], np.int32)
+    assert len(set(domains.tolist())) == 3
+    ids, lps = jax.jit(lambda p, b: teacher_topk(p, b, model_config, c.distill.top_k))(
+        final_params(grpo_run), batch)
+    batch.update(teacher_ids=ids, teacher_logprobs=lps,
+                 weights=sva_token_weights(batch["loss_mask"], domains))
+    sva = jax.jit(lambda p, b: opd_loss_fn(p, b, model_config)[1]["sva_loss"])
+    before, after = (float(sva(final_params(workdir, s), batch)) for s in (1, 2))
+    assert 0 < after < before, (before, after)
+    r = train_records(workdir)
+    assert r[2]["sva_loss"] == pytest.approx(before, rel=1e-4)  # what the learner saw
+
+
+def test_route_topk_one_teacher_equals_single_teacher():
+    domains = np.array([2, 0, 1, 0, 2], np.int32)
+    rng = np.random.default_rng(0)
+    ids = {d: rng.integers(0, 50, (5, 3, 4)).astype(np.int32) for d in experiment.DOMAINS}
+    lps = {d: rng.standard_normal((5, 3, 4)).astype(np.float32) for d in experiment.DOMAINS}
+    asked = []
+
+    def score(d):
+        asked.append(d)
+        return ids[d], lps[d]
+
+    got_ids, got_lps = learner.route_topk(score, domains)
+    assert asked == ["calculator", "files", "kb_search"]  # each teacher once
+    for row, d in enumerate(domains):
+        np.testing.assert_array_equal(got_ids[row], ids[experiment.DOMAINS[d]][row])
+        np.testing.assert_array_equal(got_lps[row], lps[experiment.DOMAINS[d]][row])
+    one_ids, one_lps = learner.route_topk(lambda d: (ids["files"], lps["files"]), domains)
+    np.testing.assert_array_equal(one_ids, ids["files"])
+    np.testing.assert_array_equal(one_lps, lps["files"])
+
+
+def test_episode_batch_aligns_targets_mask_and_sampler_logprobs():
+    ep = types.SimpleNamespace(task=types.SimpleNamespace(id="t"), tokens=[5, 6, 7, 8, 9],
+                               model_mask=[0, 0, 1, 1, 0], logprobs=[0, 0, -0.5, -0.25, 0])
+    b = learner.episode_batch([ep], 8)
+    np.testing.assert_array_equal(b["tokens"][0], [5, 6, 7, 8, 9, 0, 0, 0])
+    np.testing.assert_array_equal(b["targets"][0], [6, 7, 8, 9, 0, 0, 0, 0])
+    np.testing.assert_array_equal(b["loss_mask"][0], [0, 1, 1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(b["sampler_logprobs"][0], [0, -0.5, -0.25, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(b["segment_ids"][0], [1] * 5 + [0] * 3)
+    with pytest.raises(A1Error, match="episode t has 5 tokens, more than seq_len 4"):
+        learner.episode_batch([ep], 4)
+
+
+def test_errors_before_compiling(grpo_run, tmp_path):
+    cases = [
+        (OPD, ("requires_init=False",),
+         'domain kb_search has no teacher: set distill.teachers ("kb_search=DIR,..." or '
+         '"*=DIR")'),
+        (OPD, ("requires_init=False", "distill.teachers=*=x", "distill.top_k=5000"),
+         "distill.top_k must be in [1, 4096] (the vocabulary), got 5000"),
+        (OPD, ("requires_init=False", f"distill.teachers=kb_search={grpo_run},calculator=x"),
+         "domain files has no teacher: set distill.teachers (\"files=DIR,...\" or \"*=DIR\")"),
+        (OPD, ("requires_init=False", f"distill.teachers=*={grpo_run}"),
+         f"teacher of kb_search {grpo_run} is a different model: layer_types (['linear_attention"
+         "', 'full_attention'] there, ['linear_attention', 'full_attention', 'linear_attention"
+         "', 'full_attention'] here); num_hidden_layers (2 there, 4 here)"),
+        (GRPO, ("requires_init=False", "rl.group_size=1"),
+         "rl.group_size must be >= 2 for grpo (advantages compare the samples of a prompt), "
+         "got 1"),
+        (GRPO, ("requires_init=False", "batch_size=6"),
+         "batch_size 6 must be a multiple of rl.group_size 4 (prompts x samples per prompt)"),
+        (GRPO, ("requires_init=False", "rl.algorithm=ppo"),
+         "rl.algorithm must be one of sft, grpo, opd, got 'ppo'"),
+        (GRPO, (), "teacher_grpo_kb_search starts from the previous stage's weights: set "
+         "--config.init_from to its workdir or checkpoint (a1jax.curriculum sets it)"),
+    ]
+    for path, sets, message in cases:
+        with pytest.raises(A1Error) as e:
+            learner.check(config(path, *sets), str(tmp_path / "w"))
+        assert str(e.value) == message
