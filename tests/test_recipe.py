@@ -1,0 +1,52 @@
+"""`python -m a1jax.recipe`: the paper's parts chained (SFT -> a GRPO teacher -> OPD from it),
+evaluated, and skipped when finished; configs checked before anything compiles."""
+
+import json
+import os
+
+import pytest
+
+from a1jax import recipe
+from a1jax.errors import A1Error
+
+TWO_LAYERS = "model.extra=num_hidden_layers=2,layer_types=null"
+ARGS = ["--model", "tiny", "--domains", "kb_search", "--smoke", "--set", TWO_LAYERS,
+        "--eval-n", "1", "--eval-runs", "1", "--eval-horizons", "1"]
+
+
+def test_recipe_runs_in_order_then_skips_what_is_finished(tmp_path, capsys):
+    workdir = str(tmp_path / "recipe")
+    assert recipe.main(["--workdir", workdir] + ARGS) == 0
+    first = capsys.readouterr().out
+    parts = ["sft_full_domain", "teacher_grpo_kb_search", "opd_multi_teacher"]
+    assert [line.split()[0] for line in first.splitlines()[-3:]] == parts
+    for part in parts:
+        with open(os.path.join(workdir, part, "summary.json")) as f:
+            assert json.load(f)["status"] == "finished"
+        assert os.path.exists(os.path.join(workdir, "eval", part, "results.json"))
+    with open(os.path.join(workdir, "opd_multi_teacher", "experiment.json")) as f:
+        opd = json.load(f)
+    assert opd["init_from"] == os.path.join(workdir, "sft_full_domain")
+    assert opd["distill"]["teachers"] == "kb_search=" + os.path.join(
+        workdir, "teacher_grpo_kb_search")
+    with open(os.path.join(workdir, "teacher_grpo_kb_search", "experiment.json")) as f:
+        assert json.load(f)["init_from"] == os.path.join(workdir, "sft_full_domain")
+    with open(os.path.join(workdir, "results.md")) as f:
+        table = f.read()
+    assert "| domain | horizon | SFT avg@1 | teacher avg@1 | OPD student avg@1 |" in table
+    assert "| kb_search | 1 | " in table
+
+    assert recipe.main(["--workdir", workdir] + ARGS) == 0
+    again = capsys.readouterr().out
+    for part in parts:
+        assert f"{part}: already finished in {os.path.join(workdir, part)}" in again
+    assert again.count("resuming: 1 episodes already in") == 3
+
+
+def test_recipe_errors(tmp_path):
+    with pytest.raises(A1Error) as e:
+        recipe.main(["--workdir", str(tmp_path), "--domains", "kb_search,web"])
+    assert str(e.value) == "--domains 'kb_search,web'; known: kb_search, calculator, files"
+    with pytest.raises(A1Error) as e:
+        recipe.main(["--workdir", str(tmp_path), "--smoke", "--set", "distill.top_k=0"])
+    assert str(e.value) == "distill.top_k must be in [1, 4096] (the vocabulary), got 0"
