@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import math
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from a1jax.model.base import accum_dtype, project
+from a1jax.model.context import _mesh_axes
 
 
 def _split(tree: Any, t: int, chunk: int) -> tuple[Any, int]:
@@ -45,3 +50,23 @@ def scan_chunks(fn: Callable, init: Any, x_btd: jax.Array, w_dx: jax.Array, xs: 
         return fn(carry, project(c[0], w_dx, 1, f32), c[1]), None
 
     return jax.lax.scan(one, init, _split((x_btd, xs), t, chunk)[0])[0]
+
+
+def local_top_k(logits_bcv: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """`jax.lax.top_k` of each row and position on the device that holds it. A chunk's logits
+    are split over the activations' batch and sequence axes with the vocabulary whole (the head
+    weight is gathered, FSDP-style), so each device's top-k is exact on its own; but XLA's SPMD
+    partitioner does not split a top-k's operand and all-gathers it (the whole batch's chunk
+    logits on every device, measured on `tiny` under fsdp). Under a mesh the top-k therefore runs
+    in `shard_map`; without one, or when the chunk does not split evenly, as it is."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return jax.lax.top_k(logits_bcv, k)
+    batch = _mesh_axes(nn.logical_to_mesh_axes(("act_batch",))[0])
+    seq = _mesh_axes(nn.logical_to_mesh_axes(("act_seq",))[0])
+    b, c = logits_bcv.shape[:2]
+    if b % math.prod(mesh.shape[a] for a in batch) or c % math.prod(mesh.shape[a] for a in seq):
+        return jax.lax.top_k(logits_bcv, k)
+    spec = P(batch or None, seq or None, None)
+    return jax.shard_map(lambda x: tuple(jax.lax.top_k(x, k)), mesh=mesh, in_specs=spec,
+                         out_specs=(spec, spec), check_vma=False)(logits_bcv)

@@ -4,9 +4,10 @@ computed once so that shards and microbatches sum to the batch loss.
 
 Neither side ever holds a [batch, time, vocabulary] array: logits are made `chunk` positions of
 each row at a time from the final hidden states (as the SFT loss does), and only the teacher's
-top-k ids and log-probabilities [b, t, k] leave its forward pass. Within a chunk the top-k runs
-over the vocabulary as the logits are laid out (what XLA makes of it with the vocabulary axis
-sharded, local top-k then merge or a gather first, is not yet checked).
+top-k ids and log-probabilities [b, t, k] leave its forward pass. A chunk's logits lie split over
+rows and positions with the whole vocabulary on each device (the head weight is all-gathered,
+FSDP-style; no layout splits the logits' vocabulary), so each device's top-k is exact on its
+own and nothing needs merging: `local_top_k` keeps XLA from gathering the chunk first.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from a1jax.model import ModelConfig, Transformer
-from a1jax.rl.chunks import map_chunks, scan_chunks
+from a1jax.rl.chunks import local_top_k, map_chunks, scan_chunks
 from a1jax.rl.losses import sva_token_losses, sva_token_weights
 from a1jax.train.step import load_balancing_loss, sum_over_microbatches
 
@@ -34,7 +35,7 @@ def teacher_topk(params, batch: dict, model_config: ModelConfig, k: int
     out = _hidden(params, batch, model_config)
 
     def one(logits_bcv, _):
-        values_bck, ids_bck = jax.lax.top_k(logits_bcv, k)
+        values_bck, ids_bck = local_top_k(logits_bcv, k)
         return ids_bck, values_bck - jax.nn.logsumexp(logits_bcv, -1, keepdims=True)
 
     return map_chunks(one, out.hidden_btd, out.head_dx, (), model_config.loss_chunk_size)

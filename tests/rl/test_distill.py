@@ -93,6 +93,35 @@ def test_the_same_on_a_mesh_and_in_microbatches(setup, devices):
     _assert_same(sharded, (grads, metrics))
 
 
+def test_teacher_topk_on_a_mesh_is_local(setup, devices):
+    """On data 2 x expert 2 x sequence 2 the teacher's top-k equals one device's, and each
+    device takes the top-k of its own rows and positions: the only all-gathers with the
+    vocabulary in them are weights', never a chunk's logits (which XLA gathered to every device
+    before `local_top_k`)."""
+    import re
+
+    _, teacher, batch, _, _ = setup
+    spec = MeshSpec.create(axes={"data": 2, "expert": 2, "sequence": 2})
+    config = CONFIG.replace(moe_dispatch="expert_parallel")
+    trainer = build_trainer(config, OptimConfig(), spec, batch=8, seq=32)
+    rows_time = NamedSharding(trainer.mesh, P(("data", "expert"), "sequence"))
+    inputs = {k: jax.device_put(batch[k], rows_time) for k in ("tokens", "segment_ids",
+                                                               "positions")}
+    params = jax.device_put(teacher, trainer.state_sharding.params)
+    topk = jax.jit(functools.partial(teacher_topk, model_config=config, k=K))
+    with trainer.context():
+        ids, logprobs = topk(params, inputs)
+        hlo = topk.lower(params, inputs).compile().as_text()
+    np.testing.assert_array_equal(np.asarray(ids), batch["teacher_ids"])
+    np.testing.assert_allclose(np.asarray(logprobs), batch["teacher_logprobs"], atol=1e-5)
+    v, d = CONFIG.vocab_size, CONFIG.hidden_size
+    gathered = [re.match(r"\s*%\S+ = \w+\[([\d,]*)\]", line).group(1)
+                for line in hlo.splitlines() if " all-gather(" in line]
+    # (tiny's DeltaNet conv weight, [4, 512], shares the vocabulary's size)
+    with_vocab = sorted({g for g in gathered if str(v) in g.split(",")})
+    assert with_vocab == sorted({f"{d},{v}", f"{v},{d}", f"4,{v}"}), with_vocab
+
+
 def test_a_teacher_equal_to_the_student_gives_zero_loss_and_gradient(setup):
     student, _, batch, _, _ = setup
     ids, logprobs = jax.jit(functools.partial(teacher_topk, model_config=CONFIG, k=K))(
