@@ -84,6 +84,9 @@ class Row:
     flops: float = 0.0
     collectives: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     layers: str = ""  # "40" (compiled whole) or "4,8->40" (extrapolated)
+    # An RL update's second model beside the trained one, in `peak`: OPD's teacher or GRPO's
+    # reference policy (parameters only, laid out as the student's).
+    resident: int = 0
     seconds: float = 0.0
     error: str = ""
 
@@ -169,6 +172,7 @@ def compile_step(plan, devices, layers: int | None = None):
     from a1jax.train import runner
     from a1jax.train.step import BATCH_KEYS
 
+    c = plan.config
     if layers is not None:
         mc = plan.model_config
         plan = dataclasses.replace(plan, model_config=mc.replace(
@@ -176,7 +180,11 @@ def compile_step(plan, devices, layers: int | None = None):
     trainer = runner.build(plan, devices=devices)
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                          trainer.abstract_state(), trainer.state_sharding)
-    c = plan.config
+    if c.rl.algorithm != "sft":  # the learner's update (a1jax.rl.learner), not SFT's step
+        from a1jax.rl import learner
+        with trainer.context():
+            return trainer, learner.make_update(c, trainer).lower(
+                state, learner.abstract_batch(c, trainer)).compile()
     batch = {k: jax.ShapeDtypeStruct((c.batch_size, c.seq_len), jnp.int32,
                                      sharding=trainer.batch_sharding) for k in BATCH_KEYS}
     return trainer, trainer.lower(state, batch).compile()
@@ -216,6 +224,8 @@ def plan_layout(config, layout: str, num_devices: int, *, microbatches: str = ""
     c = config.copy_and_resolve_references()
     c.mesh.layout, c.mesh.axes = layout, ""
     c.init_from, c.requires_init = "", False  # shapes only: no checkpoint is read
+    if c.rl.algorithm == "opd" and not c.distill.teachers:
+        c.distill.teachers = "*=unread"  # nor a teacher's
     c.mesh.num_devices = num_devices
     row = Row(layout)
     try:
@@ -271,7 +281,10 @@ def plan_layout(config, layout: str, num_devices: int, *, microbatches: str = ""
         row.error = str(e)
         return row
     row.params, row.optimizer = state_bytes(trainer)
-    row.peak, row.temp, row.flops = figures["peak"], figures["temp"], figures["flops"]
+    second = c.rl.algorithm == "opd" or (c.rl.algorithm == "grpo" and c.rl.kl_coef)
+    row.resident = row.params if second else 0
+    row.peak, row.temp, row.flops = (figures["peak"] + row.resident, figures["temp"],
+                                     figures["flops"])
     row.collectives = figures["collectives"]
     row.seconds = time.perf_counter() - began
     return row
@@ -313,12 +326,12 @@ def write_csv(path: str, rows: Sequence[Row], capacity: int, headroom: float) ->
         w.writerow(["layout", "mesh", "microbatches", "layers", "params_bytes",
                     "optimizer_bytes", "peak_bytes", "temp_bytes", "fits", "flops",
                     *(f"{op}_{k}" for op in COLLECTIVES for k in ("count", "bytes")),
-                    "seconds", "error"])
+                    "seconds", "error", "resident_bytes"])
         for r in rows:
             coll = [v for op in COLLECTIVES for v in r.collectives.get(op, (0, 0))]
             w.writerow([r.layout, r.mesh, r.microbatches, r.layers, r.params, r.optimizer,
                         r.peak, r.temp, r.fits(capacity, headroom), r.flops, *coll,
-                        round(r.seconds, 1), r.error])
+                        round(r.seconds, 1), r.error, r.resident])
 
 
 def write_chart(path: str, rows: Sequence[Row], capacity: int, headroom: float,
@@ -419,6 +432,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = [f"Per device, {args.target} ({_gb(capacity)} GiB usable, fits = peak <= "
              f"{1 - args.headroom:.0%} of it); collectives: count / result bytes in the "
              "compiled program."]
+    if config.rl.algorithm != "sft":
+        what = "the routed teacher's" if config.rl.algorithm == "opd" else \
+            "the reference policy's (rl.kl_coef > 0)"
+        resident = ", ".join(f"{r.layout}: {_gb(r.resident)} GiB" for r in rows if r.resident)
+        notes.append(f"The {config.rl.algorithm} learner's update step (a1jax.rl.learner), "
+                     f"batch {config.batch_size} x {config.seq_len}; peak includes {what} "
+                     f"parameters, resident beside the student's and laid out like them "
+                     f"({resident}). The rollout engine's cache and the teacher's scoring pass "
+                     "are other programs, not compiled here.")
     if any("scanned" in r.layers for r in rows):
         notes.append("scan_layers: peak and temp are the scanned program's, compiled whole; "
                      "TFLOP and collectives are the same model's compiled layer by layer (a "

@@ -104,6 +104,22 @@ def test_collectives_parse_async_and_tuples():
     assert got["reduce-scatter"] == (0, 0)
 
 
+@pytest.mark.parametrize("name", ["teacher_grpo", "opd_multi_teacher"])
+def test_plans_the_rl_learners_update_with_its_second_model(name, devices):
+    """An RL experiment plans the learner's update (its batch: log-probabilities, advantages or
+    the teacher's top-k), with the reference policy or the teacher resident in its peak."""
+    path = os.path.join(REPO, "experiments", "paper", f"{name}.py")
+    c = curriculum.load_experiment(path, "model=tiny,smoke=True")
+    curriculum.override(c, "model.extra=num_hidden_layers=2,layer_types=null")
+    row = plan.plan_layout(c, "fsdp", 8)
+    assert not row.error, row.error
+    assert row.resident == row.params > 0 and row.peak > row.temp + row.resident
+    if name == "teacher_grpo":
+        curriculum.override(c, "rl.kl_coef=0.0")
+        without = plan.plan_layout(c, "fsdp", 8)
+        assert without.resident == 0 and without.peak < row.peak
+
+
 def test_cli_errors_before_compiling(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "a1jax.plan", "--config",
                                      f"{STAGE1}:model=tiny,smoke=True", *a], cwd=REPO,
