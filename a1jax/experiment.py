@@ -140,7 +140,9 @@ def base() -> ml_collections.ConfigDict:
     c.distill = ml_collections.ConfigDict()
     c.distill.teachers = ""  # "kb_search=DIR,calculator=DIR,files=DIR", or "*=DIR" for all
     c.distill.top_k = 64  # the paper does not state k
-    c.distill.mode = "renormalised"  # renormalised (the paper) | tail_bin
+    # renormalised (the paper) | tail_bin (top-k plus one bin for the rest) | full_vocab (the
+    # exact reverse KL: the teacher's whole distribution, [batch, time, vocabulary] of it)
+    c.distill.mode = "renormalised"
     c.distill.resident = True  # every teacher kept loaded; False: load, score, drop per step
 
     c.checkpoint = ml_collections.ConfigDict()
@@ -334,9 +336,9 @@ def rl_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
     if r.advantage not in ADVANTAGES:
         raise ExperimentError(f"rl.advantage must be one of {', '.join(ADVANTAGES)}, got "
                               f"{r.advantage!r}")
-    if d.mode not in SVA_MODES:
-        raise ExperimentError(f"distill.mode must be one of {', '.join(SVA_MODES)}, got "
-                              f"{d.mode!r}")
+    if d.mode not in SVA_MODES + ("full_vocab",):
+        raise ExperimentError(f"distill.mode must be one of {', '.join(SVA_MODES)}, "
+                              f"full_vocab, got {d.mode!r}")
     for key in ("max_turns", "max_turn_tokens"):
         if r[key] < 1:
             raise ExperimentError(f"rl.{key} must be positive, got {r[key]}")
@@ -348,7 +350,7 @@ def rl_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
     teachers: dict[str, str] = {}
     if r.algorithm == "opd":
         vocab = model_config(c).vocab_size
-        if not 1 <= d.top_k <= vocab:
+        if d.mode != "full_vocab" and not 1 <= d.top_k <= vocab:
             raise ExperimentError(f"distill.top_k must be in [1, {vocab}] (the vocabulary), got "
                                   f"{d.top_k}")
         given = dict(_pairs(d.teachers, "distill.teachers"))
@@ -362,9 +364,12 @@ def rl_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
                 raise ExperimentError(f"domain {domain} has no teacher: set distill.teachers "
                                       f"(\"{domain}=DIR,...\" or \"*=DIR\")")
             teachers[domain] = path
+    # full_vocab: the paper's renormalised form over every token is the exact reverse KL.
+    top_k = model_config(c).vocab_size if d.mode == "full_vocab" else d.top_k
     return {"algorithm": r.algorithm, "domains": domains, "group_size": group,
             "prompts": c.batch_size // group, "teachers": teachers,
-            "horizons": (r.horizon_min, r.horizon_max)}
+            "horizons": (r.horizon_min, r.horizon_max), "top_k": top_k,
+            "loss_mode": "renormalised" if d.mode == "full_vocab" else d.mode}
 
 
 def agent_eval_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -414,8 +419,8 @@ def identity(c: ml_collections.ConfigDict) -> dict[str, Any]:
                     "horizon": [c.data.horizon_min, c.data.horizon_max]}}
     if c.rl.algorithm != "sft":  # an SFT run's identity is what it was before rl existed
         out["rl"] = c.rl.to_dict()
-        if c.rl.algorithm == "opd":
-            out["distill"] = c.distill.to_dict()
+        if c.rl.algorithm == "opd":  # how teachers are held is not what they teach
+            out["distill"] = {k: v for k, v in c.distill.to_dict().items() if k != "resident"}
     return out
 
 

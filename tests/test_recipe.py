@@ -35,6 +35,10 @@ def test_recipe_runs_in_order_then_skips_what_is_finished(tmp_path, capsys):
         table = f.read()
     assert "| domain | horizon | SFT avg@1 | teacher avg@1 | OPD student avg@1 |" in table
     assert "| kb_search | 1 | " in table
+    from a1jax import plot
+    assert [os.path.basename(p) for p in plot.plot(workdir, str(tmp_path / "plots"))] == [
+        "loss.png", "expert_load.png", "rl_teacher_grpo_kb_search.png",
+        "rl_opd_multi_teacher.png"]
 
     assert recipe.main(["--workdir", workdir] + ARGS) == 0
     again = capsys.readouterr().out

@@ -49,6 +49,9 @@ from a1jax.train.metrics import MetricsLog, Progress
 from a1jax.train.step import TrainState, apply_update
 
 DOMAIN_IDS = {d: i for i, d in enumerate(experiment.DOMAINS)}
+# The update's metrics that are means over the trained tokens.
+TOKEN_MEANS = ("policy_loss", "clip_fraction", "entropy", "kl", "importance_weight",
+               "reverse_kl", "coverage", "teacher_mass", "student_entropy")
 
 
 def task_reward(episode: Episode, rl: ml_collections.ConfigDict) -> float:
@@ -131,6 +134,50 @@ def _opd_update(state: TrainState, batch: dict, *, model_config, optimizer, sche
                         schedule=schedule, apply=jnp.any(batch["loss_mask"] > 0))
 
 
+def make_update(c: ml_collections.ConfigDict, trainer):
+    """The jitted update of `c.rl.algorithm` on `trainer`'s mesh and model: (state, batch) ->
+    (state, metrics), the state donated."""
+    common = dict(model_config=trainer.model_config, optimizer=trainer._optimizer,
+                  schedule=experiment.optim_config(c).schedule(), microbatches=c.microbatches)
+    if c.rl.algorithm == "grpo":
+        options = dict(clip=(c.rl.clip_low, c.rl.clip_high), kl_coef=c.rl.kl_coef,
+                       entropy_coef=c.rl.entropy_coef, importance_cap=c.rl.importance_cap)
+        update = functools.partial(_grpo_update, options=options, **common)
+    else:
+        mode = experiment.rl_settings(c)["loss_mode"]
+        update = functools.partial(_opd_update, mode=mode, **common)
+    return jax.jit(update, donate_argnums=0)
+
+
+def batch_shardings(trainer) -> dict[int, NamedSharding]:
+    """Shardings of the update's batch arrays by rank: rows [b], [b, t] as the SFT batch, and
+    [b, t, k] (the teacher's top-k) with k whole."""
+    rows = logical_spec(("act_batch", "act_seq"), trainer.spec.rules)
+    mesh = trainer.mesh
+    return {1: NamedSharding(mesh, P(rows[0])), 2: NamedSharding(mesh, rows),
+            3: NamedSharding(mesh, P(rows[0], rows[1], None))}
+
+
+def abstract_batch(c: ml_collections.ConfigDict, trainer) -> dict[str, jax.ShapeDtypeStruct]:
+    """The update's batch as shapes with shardings (for ahead-of-time compiles: a1jax.plan)."""
+    b, t = c.batch_size, c.seq_len
+    shapes: dict[str, tuple[tuple[int, ...], Any]] = {
+        k: ((b, t), jnp.int32) for k in ("tokens", "loss_mask", "segment_ids", "positions")}
+    if c.rl.algorithm == "grpo":
+        shapes.update(targets=((b, t), jnp.int32), advantages=((b,), jnp.float32),
+                      old_logprobs=((b, t), jnp.float32),
+                      sampler_logprobs=((b, t), jnp.float32))
+        if c.rl.kl_coef:
+            shapes["ref_logprobs"] = ((b, t), jnp.float32)
+    else:
+        k = experiment.rl_settings(c)["top_k"]
+        shapes.update(domains=((b,), jnp.int32), teacher_ids=((b, t, k), jnp.int32),
+                      teacher_logprobs=((b, t, k), jnp.float32))
+    shardings = batch_shardings(trainer)
+    return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[len(shape)])
+            for name, (shape, dtype) in shapes.items()}
+
+
 class Learner:
     """The compiled pieces of one run: the rollout engine, the scoring and the update."""
 
@@ -152,25 +199,14 @@ class Learner:
                                        stop_tokens=tuple(default_stop_tokens(config, tokenizer)))
         self.engine_class = Engine
         self.engine = None
-        rows = logical_spec(("act_batch", "act_seq"), trainer.spec.rules)
-        mesh = trainer.mesh
-        self._shardings = {1: NamedSharding(mesh, P(rows[0])),
-                           2: NamedSharding(mesh, rows),
-                           3: NamedSharding(mesh, P(rows[0], rows[1], None))}
-        common = dict(model_config=config, optimizer=trainer._optimizer,
-                      schedule=experiment.optim_config(c).schedule(),
-                      microbatches=c.microbatches)
+        self._shardings = batch_shardings(trainer)
+        self._update = make_update(c, trainer)
         if self.algorithm == "grpo":
-            options = dict(clip=(c.rl.clip_low, c.rl.clip_high), kl_coef=c.rl.kl_coef,
-                           entropy_coef=c.rl.entropy_coef, importance_cap=c.rl.importance_cap)
-            update = functools.partial(_grpo_update, options=options, **common)
             self.reward = reward_function(c)
             self._logprobs = jax.jit(functools.partial(token_logprobs, model_config=config))
         else:
-            update = functools.partial(_opd_update, mode=c.distill.mode, **common)
             self._topk = jax.jit(functools.partial(teacher_topk, model_config=config,
-                                                   k=c.distill.top_k))
-        self._update = jax.jit(update, donate_argnums=0)
+                                                   k=settings["top_k"]))
         self.reference = None  # grpo's reference policy (the starting weights)
         self.teachers: dict[str, Any] = {}  # opd: path -> parameters, when resident
         self.report = report
@@ -368,6 +404,10 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
                                           f"last good checkpoint is step "
                                           f"{checkpoints.latest_step()} in {checkpoints.root}")
             record = {k: float(v) for k, v in m.items() if np.ndim(v) == 0}
+            trained = float(np.asarray(batch["loss_mask"]).sum())
+            if not trained:  # token means over no token: not zeros, absent
+                for name in TOKEN_MEANS:
+                    record.pop(name, None)
             record.update(episode_metrics(episodes), policy_version=step - 1, staleness=0,
                           rollout_s=t1 - t0, score_s=t2 - t1, update_s=t3 - t2,
                           **{k: v for k, v in stats.items() if np.ndim(v) == 0})
@@ -375,7 +415,6 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
                 record["reward_mean"] = float(np.mean(stats["shaped_reward"]))
             log.write(step, "train", record)
             recent = (recent + [record["success"]])[-c.log_every:]
-            trained = float(np.asarray(batch["loss_mask"]).sum())
             progress.update(step, loss, trained / max(t3 - t0, 1e-9))
             if c.agent_eval.every and (step % c.agent_eval.every == 0 or step == plan.steps):
                 held_out = agent_eval(state.params)

@@ -71,14 +71,16 @@ def opd_run(grpo_run, tmp_path_factory):
     return workdir, sets
 
 
-def kill_9_then_rerun(path: str, sets: tuple, workdir: str, step: int) -> str:
+def kill_9_then_rerun(path: str, sets: tuple, workdir: str, step: int,
+                      rerun_sets: tuple = ()) -> str:
     proc = subprocess.Popen(cli(path, workdir, *sets), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     wait_for_step(workdir, proc, step)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert max(train_records(workdir)) < int(dict(s.split("=", 1) for s in sets)["steps"])
-    rerun = subprocess.run(cli(path, workdir, *sets), cwd=REPO, capture_output=True, text=True)
+    rerun = subprocess.run(cli(path, workdir, *sets, *rerun_sets), cwd=REPO,
+                           capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     return rerun.stdout
 
@@ -94,8 +96,10 @@ def test_grpo_kill_9_then_rerun_equals_uninterrupted(grpo_run, tmp_path):
 def test_opd_kill_9_then_rerun_equals_uninterrupted(opd_run, tmp_path):
     reference, sets = opd_run
     workdir = str(tmp_path / "killed")
-    out = kill_9_then_rerun(OPD, sets, workdir, 2)
+    # The rerun loads its teacher for each step and drops it (distill.resident=False).
+    out = kill_9_then_rerun(OPD, sets, workdir, 2, ("distill.resident=False",))
     assert "resumed from step" in out and "finished at step 4; 32 episodes" in out
+    assert "teacher of files: " in out  # resident, only the first domain's load is reported
     assert rollouts(workdir) == rollouts(reference)
     assert_trees_close(final_params(workdir), final_params(reference), atol=1e-6)
 
@@ -235,3 +239,27 @@ def test_errors_before_compiling(grpo_run, tmp_path):
         with pytest.raises(A1Error) as e:
             learner.check(config(path, *sets), str(tmp_path / "w"))
         assert str(e.value) == message
+
+
+@pytest.mark.parametrize("path", [GRPO, OPD])
+def test_paper_files_validate_at_35b_on_8_devices(path, tmp_path):
+    """What `python -m a1jax.plan` compiles (docs/recipe.md has its figures): the paper's sizes
+    on one node of 8 GPUs."""
+    c = curriculum.load_experiment(path, "model=agents_a1_35b")
+    if path == OPD:
+        c.distill.teachers = "*=unread"
+    plan = runner.check(c, str(tmp_path), num_devices=8, check_init=False)
+    settings = experiment.rl_settings(c)
+    assert plan.model_config.num_experts == 256 and plan.model_config.scan_layers
+    if path == GRPO:  # the paper's search teacher: 32 questions x 8 samples, lr 1e-6
+        assert (settings["prompts"], settings["group_size"], c.optim.learning_rate) == (
+            32, 8, 1e-6)
+        assert (c.rl.clip_low, c.rl.clip_high, c.rl.kl_coef, c.rl.entropy_coef) == (
+            0.2, 0.28, 0.001, 1e-4)
+        assert c.rl.max_turn_tokens == 4096 and c.rl.temperature == 1.0
+    else:
+        assert c.distill.top_k == 64 and settings["domains"] == list(experiment.DOMAINS)
+        assert (settings["top_k"], settings["loss_mode"]) == (64, "renormalised")
+        c.distill.mode = "full_vocab"  # the exact reverse KL: every token in the set
+        assert (experiment.rl_settings(c)["top_k"], experiment.rl_settings(c)["loss_mode"]) \
+            == (248_320, "renormalised")

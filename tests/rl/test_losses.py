@@ -100,6 +100,23 @@ def test_teachers_equal_to_the_student_give_zero_loss_and_gradient():
     assert float(jnp.abs(grad).max()) < 1e-6
 
 
+def test_the_whole_vocabulary_as_the_set_is_the_exact_reverse_kl():
+    """distill.mode=full_vocab: the renormalised form with k = V (any order) is KL(p_s || p_t)
+    over the vocabulary, per token."""
+    from a1jax.rl import sva_token_losses
+
+    rng = np.random.RandomState(3)
+    student, teacher = rng.randn(2, 3, V) * 2, rng.randn(2, 3, V) * 2
+    log_softmax = lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True))  # noqa: E731
+    ls, lt = log_softmax(student), log_softmax(teacher)
+    exact = (np.exp(ls) * (ls - lt)).sum(-1)
+    ids = np.stack([rng.permutation(V) for _ in range(6)]).reshape(2, 3, V)
+    kl, stats = sva_token_losses(jnp.asarray(student, jnp.float32), jnp.asarray(ids),
+                                 jnp.asarray(np.take_along_axis(lt, ids, -1), jnp.float32))
+    np.testing.assert_allclose(np.asarray(kl), exact, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(stats["coverage"]), 1.0, rtol=1e-6)
+
+
 def test_domain_weights_and_edge_cases():
     mask = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]], np.float32)
     domains = np.array([0, 0, 1, 2])
