@@ -2,7 +2,8 @@ r"""Runs the paper's post-training recipe in order: full-domain SFT, one GRPO te
 domain, then multi-teacher on-policy distillation into the SFT model.
 
     python -m a1jax.recipe --workdir runs/recipe --model tiny [--domains kb_search,calculator] \
-        [--smoke] [--set KEY=VALUE ...] [--eval-n 16 --eval-runs 3 --eval-horizons 1,2]
+        [--smoke] [--set KEY=VALUE ...] [--part-set PART:KEY=VALUE ...] \
+        [--eval-n 16 --eval-runs 3 --eval-horizons 1,2]
 
     WORKDIR/sft_full_domain          experiments/paper/sft_full_domain.py
     WORKDIR/teacher_grpo_DOMAIN      experiments/paper/teacher_grpo.py:domain=DOMAIN, from the SFT
@@ -13,7 +14,8 @@ domain, then multi-teacher on-policy distillation into the SFT model.
 
 A finished part is skipped and an interrupted one resumes, so rerunning the same command after any
 interruption continues where it stopped (evaluations resume from their episodes.jsonl). `--set`
-overrides a config key in every part. Every part's config is checked before the first compiles.
+overrides a config key in every part, `--part-set teacher_grpo:steps=40` in one (or every
+teacher). Every part's config is checked before the first compiles.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ PAPER = os.path.join(REPO, "experiments", "paper")
 
 
 def configs(model: str, workdir: str, *, domains: Sequence[str], smoke: bool = False,
-            mesh: str | None = None, layout: str | None = None, sets: Sequence[str] = ()
-            ) -> list[ml_collections.ConfigDict]:
+            mesh: str | None = None, layout: str | None = None, sets: Sequence[str] = (),
+            part_sets: Sequence[str] = ()) -> list[ml_collections.ConfigDict]:
     """The recipe's parts, in order, as it runs them (init_from and teachers chained through
-    `workdir`)."""
+    `workdir`). `part_sets`: "PART:KEY=VALUE" for one part only (PART: sft_full_domain,
+    teacher_grpo, which is every teacher, teacher_grpo_DOMAIN, or opd_multi_teacher)."""
     arg = f"model={model},smoke={smoke}"
     sft = load_experiment(os.path.join(PAPER, "sft_full_domain.py"), arg)
     parts = [sft]
@@ -51,10 +54,20 @@ def configs(model: str, workdir: str, *, domains: Sequence[str], smoke: bool = F
     opd.rl.domains = ",".join(domains)
     opd.distill.teachers = ",".join(f"{d}={path}" for d, path in teachers.items())
     parts.append(opd)
+    names = {c.stage for c in parts} | {"teacher_grpo"}
+    for item in part_sets:
+        part, sep, _ = item.partition(":")
+        if not sep or part not in names:
+            raise A1Error(f"--part-set {item!r}: expected PART:KEY=VALUE with PART one of "
+                          f"{', '.join(sorted(names))}")
     for c in parts:
         _mesh_overrides(c, mesh, layout)
         for assignment in sets:
             override(c, assignment)
+        for item in part_sets:
+            part, _, assignment = item.partition(":")
+            if c.stage == part or (part == "teacher_grpo" and c.rl.algorithm == "grpo"):
+                override(c, assignment)
     return parts
 
 
@@ -99,7 +112,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     workdir = os.path.abspath(args.workdir)
     domains = [d.strip() for d in args.domains.split(",") if d.strip()]
     parts = configs(args.model, workdir, domains=domains, smoke=args.smoke, mesh=args.mesh,
-                    layout=args.layout, sets=args.set)
+                    layout=args.layout, sets=args.set, part_sets=args.part_set)
     for k, c in enumerate(parts):  # every part's config, before the first compiles
         runner.check(c, os.path.join(workdir, c.stage), check_init=k == 0)
     summaries, results = [], {}
@@ -139,7 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument("--mesh", help="axis sizes, e.g. data=2,expert=2,sequence=2")
     where.add_argument("--layout", help="a named layout (a1jax.sharding.layouts)")
     p.add_argument("--smoke", action="store_true", help="a handful of steps per part")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every part")
+    p.add_argument("--part-set", action="append", default=[], metavar="PART:KEY=VALUE",
+                   help="for one part: sft_full_domain, teacher_grpo (every teacher), "
+                   "teacher_grpo_DOMAIN, opd_multi_teacher")
     p.add_argument("--eval-n", type=int, default=0,
                    help="held-out tasks per domain and horizon to evaluate each part on (0: no "
                    "evaluation)")
@@ -159,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.eval_n < 0 or args.eval_runs < 1:
         raise A1Error("--eval-n must be >= 0 and --eval-runs >= 1")
     parts = configs(args.model, args.workdir, domains=domains, smoke=args.smoke,
-                    mesh=args.mesh, layout=args.layout, sets=args.set)
+                    mesh=args.mesh, layout=args.layout, sets=args.set,
+                    part_sets=args.part_set)
     devices.simulate_cpu_devices(max(experiment.devices_needed(c) for c in parts))
     summaries = run(args)
     print()

@@ -54,3 +54,13 @@ def test_recipe_errors(tmp_path):
     with pytest.raises(A1Error) as e:
         recipe.main(["--workdir", str(tmp_path), "--smoke", "--set", "distill.top_k=0"])
     assert str(e.value) == "distill.top_k must be in [1, 4096] (the vocabulary), got 0"
+    with pytest.raises(A1Error) as e:
+        recipe.main(["--workdir", str(tmp_path), "--part-set", "teacher:steps=3"])
+    assert str(e.value) == ("--part-set 'teacher:steps=3': expected PART:KEY=VALUE with PART one "
+                            "of opd_multi_teacher, sft_full_domain, teacher_grpo, "
+                            "teacher_grpo_calculator, teacher_grpo_files, teacher_grpo_kb_search")
+    parts = recipe.configs("tiny", str(tmp_path), domains=["kb_search", "files"], part_sets=[
+        "teacher_grpo:steps=7", "teacher_grpo_files:rl.group_size=2", "sft_full_domain:steps=9"])
+    assert [(c.stage, c.steps, c.rl.group_size) for c in parts] == [
+        ("sft_full_domain", 9, 4), ("teacher_grpo_kb_search", 7, 4),
+        ("teacher_grpo_files", 7, 2), ("opd_multi_teacher", 20, 4)]
