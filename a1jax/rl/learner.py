@@ -43,7 +43,6 @@ from a1jax.rl.distill import opd_grads, teacher_topk
 from a1jax.rl.losses import ADVANTAGES, groups_kept
 from a1jax.rl.policy import grpo_grads, token_logprobs
 from a1jax.sharding.mesh import logical_spec
-from a1jax.train import checkpoint as ckpt_lib
 from a1jax.train import runner
 from a1jax.train.metrics import MetricsLog, Progress
 from a1jax.train.step import TrainState, apply_update
@@ -339,15 +338,9 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
     plan, settings = check(c, workdir)
     workdir = plan.workdir
     summary_path = os.path.join(workdir, "summary.json")
-    if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            done = json.load(f)
-        if done.get("fingerprint") == experiment.fingerprint(c) and done["steps"] >= plan.steps:
-            report(f"{c.stage}: already finished in {workdir}")
-            return dict(done, status="already finished")
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "experiment.json"), "w") as f:
-        f.write(c.to_json(indent=2, sort_keys=True))
+    done = runner.start_workdir(c, plan, report)
+    if done is not None:
+        return done
     tokenizer = load_tokenizer(plan.tokenizer_dir)
     algorithm, g = settings["algorithm"], settings["group_size"]
     report(f"{c.stage}: {algorithm} on {', '.join(settings['domains'])}, model {c.model.preset}, "
@@ -355,13 +348,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
            f"{g} samples")
     trainer = runner.build(plan)
     learner = Learner(plan, trainer, settings, tokenizer, report)
-    checkpoints = ckpt_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"), every=c.checkpoint.every, keep=c.checkpoint.keep,
-        final_step=plan.steps, async_save=c.checkpoint.async_save)
-    meta = {"model_config": plan.model_config.to_json_dict(), "tokenizer": plan.tokenizer_dir,
-            "stage": c.stage, "experiment": experiment.as_json(c),
-            "identity": experiment.identity(c), "fingerprint": experiment.fingerprint(c),
-            "hf_source": None, "skipped": 0, "seconds": 0.0}
+    checkpoints, meta = runner.open_checkpoints(c, plan)
     start = checkpoints.latest_step()
     position = {"step": 0, "policy_version": 0, "episodes": 0}
     if start is not None:

@@ -206,6 +206,37 @@ def _init_state(plan: Plan, trainer: Trainer, report: Callable[[str], None]):
         load_weights(plan.init_kind, plan.init_path, plan.init_step, trainer, report))
 
 
+def start_workdir(c: ml_collections.ConfigDict, plan: Plan, report: Callable[[str], None]
+                  ) -> dict[str, Any] | None:
+    """The summary of `c` when plan.workdir already holds it finished (reported), else None
+    after making the workdir and writing experiment.json there."""
+    summary_path = os.path.join(plan.workdir, "summary.json")
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            done = json.load(f)
+        if done.get("fingerprint") == experiment.fingerprint(c) and done["steps"] >= plan.steps:
+            report(f"{c.stage}: already finished in {plan.workdir}")
+            return dict(done, status="already finished")
+    os.makedirs(plan.workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(plan.workdir, "experiment.json"), "w") as f:
+            f.write(c.to_json(indent=2, sort_keys=True))
+    return None
+
+
+def open_checkpoints(c: ml_collections.ConfigDict, plan: Plan
+                     ) -> tuple[ckpt_lib.Checkpointer, dict[str, Any]]:
+    """The run's Checkpointer (WORKDIR/checkpoints) and the meta its steps are saved with."""
+    checkpoints = ckpt_lib.Checkpointer(
+        os.path.join(plan.workdir, "checkpoints"), every=c.checkpoint.every,
+        keep=c.checkpoint.keep, final_step=plan.steps, async_save=c.checkpoint.async_save)
+    meta = {"model_config": plan.model_config.to_json_dict(), "tokenizer": plan.tokenizer_dir,
+            "stage": c.stage, "experiment": experiment.as_json(c),
+            "identity": experiment.identity(c), "fingerprint": experiment.fingerprint(c),
+            "hf_source": None, "skipped": 0, "seconds": 0.0}
+    return checkpoints, meta
+
+
 def resume_state(checkpoints: ckpt_lib.Checkpointer, trainer: Trainer, plan: Plan, step: int):
     """The run's state at `step` and its saved position (the data iterator's, or an RL
     learner's), in this trainer's layout, whichever `scan_layers` wrote it."""
@@ -259,16 +290,9 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
     plan = check(c, workdir)
     workdir = plan.workdir
     summary_path = os.path.join(workdir, "summary.json")
-    if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            done = json.load(f)
-        if done.get("fingerprint") == experiment.fingerprint(c) and done["steps"] >= plan.steps:
-            report(f"{c.stage}: already finished in {workdir}")
-            return dict(done, status="already finished")
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "experiment.json"), "w") as f:
-            f.write(c.to_json(indent=2, sort_keys=True))
+    done = start_workdir(c, plan, report)
+    if done is not None:
+        return done
 
     tokenizer = load_tokenizer(plan.tokenizer_dir)
     encoder = TrajectoryEncoder(tokenizer)
@@ -284,13 +308,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
     rows = trainer.process_rows()  # each process reads only the rows its devices hold
     train_it = data_lib.train_iterator(c, directory, encoder, rows)
     eval_data = data_lib.eval_batches(c, directory, encoder, rows)
-    checkpoints = ckpt_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"), every=c.checkpoint.every, keep=c.checkpoint.keep,
-        final_step=plan.steps, async_save=c.checkpoint.async_save)
-    meta = {"model_config": plan.model_config.to_json_dict(), "tokenizer": plan.tokenizer_dir,
-            "stage": c.stage, "experiment": experiment.as_json(c),
-            "identity": experiment.identity(c), "fingerprint": experiment.fingerprint(c),
-            "hf_source": None, "skipped": 0, "seconds": 0.0}
+    checkpoints, meta = open_checkpoints(c, plan)
     start = checkpoints.latest_step()
     if start is not None:
         state, data_state = resume_state(checkpoints, trainer, plan, start)
