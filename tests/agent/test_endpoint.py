@@ -55,7 +55,9 @@ class Server:
                 request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append(request)
                 if server.die_after is not None and len(server.requests) > server.die_after:
-                    threading.Thread(target=server.http.shutdown).start()
+                    # Stop serving and close the listening socket: a request still queued on
+                    # it would otherwise wait out the client's whole timeout (600 s in CI).
+                    threading.Thread(target=server.die).start()
                     self.close_connection = True
                     return
                 if request["model"] != "served":
@@ -94,9 +96,11 @@ class Server:
             choice["token_ids"] = assistant_turns(task, self.renderer)[turn][:-1]  # no stop id
         return {"choices": [choice]}
 
-    def close(self):
+    def die(self):
         self.http.shutdown()
         self.http.server_close()
+
+    close = die
 
 
 def records(path):
@@ -179,7 +183,8 @@ def test_no_server_and_an_unknown_model_are_clear_errors(tmp_path):
 def test_a_server_that_dies_keeps_the_episodes_done_and_the_rerun_resumes(replayed, tmp_path):
     server = Server(die_after=12)  # 3 episodes at a time, 2 to 5 turns each
     with pytest.raises(EndpointError) as e:
-        evaluate.main(["--endpoint", server.url, "--out", str(tmp_path)] + ARGS)
+        evaluate.main(["--endpoint", server.url, "--out", str(tmp_path), "--request-timeout",
+                       "60"] + ARGS)
     server.close()
     kept = records(tmp_path)
     assert 0 < len(kept) < 12
