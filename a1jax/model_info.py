@@ -64,6 +64,21 @@ def count_params(config: ModelConfig) -> dict[str, int]:
     return counts
 
 
+def model_flops_per_step(config, batch: int, seq: int) -> float:
+    """6 x active matmul parameters x tokens, plus causal attention and the DeltaNet chunk work
+    (forward + backward = 3 x forward)."""
+    counts = count_params(config)
+    tokens = batch * seq
+    dense = 6 * (counts["active"] - counts["embedding"]) * tokens
+    n_full = config.layer_types.count("full_attention")
+    n_linear = config.num_hidden_layers - n_full
+    attention = 3 * n_full * 4 * config.num_attention_heads * config.head_dim * (seq / 2) * tokens
+    c, hv = config.deltanet_chunk_size, config.linear_num_value_heads
+    dk, dv = config.linear_key_head_dim, config.linear_value_head_dim
+    deltanet = 3 * n_linear * hv * tokens * (2 * c * (2 * dk + dv) + 6 * dk * dv)
+    return dense + attention + deltanet
+
+
 def _human(n: int) -> str:
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:

@@ -1,17 +1,23 @@
-r"""Plan a run before booking the hardware: compile its train step for a mesh of N devices on the
-CPU and report, per device and per layout, what it needs.
+r"""Plan a run before booking the hardware: compile its train step for a mesh of N GPUs (or
+simulated CPU devices) on this machine and report, per device and per layout, what it needs.
 
     python -m a1jax.plan --config experiments/curriculum/stage3_frontier_hardening.py:model=agents_a1_35b \
         --devices 8 --seq 131072 --target h200-141gb --microbatches max --out plans/35b
 
 For each layout (default: every named layout in a1jax.sharding.layouts that fits the device count)
 the step is lowered against abstract arrays (ShapeDtypeStructs with the layout's shardings:
-nothing is allocated) on N simulated CPU devices and compiled. Reported per device:
+nothing is allocated) and compiled. `--backend gpu` (the default) compiles with XLA:GPU for
+`--target`'s compile-only devices (a1jax.targets; no GPU needed, the gpu-aot extra is), `--nodes`
+hosts of `--devices` each, taking the GPU's kernels; `--backend cpu` compiles with XLA:CPU for
+N simulated CPU devices. Reported per device:
 
     params, optimizer   bytes of the state's shards (exact: from the shardings, not the compile)
     peak                XLA's buffer assignment: arguments + outputs - donated aliases + temporaries
     temp                the temporaries alone (activations, gradients, collective buffers)
-    TFLOP               XLA's cost analysis of the per-device program
+    TFLOP               XLA's cost analysis of the per-device program (XLA:CPU only: a
+                        compile-only GPU has none)
+    model TFLOP         the model's matmul, attention and DeltaNet FLOPs per device
+                        (a1jax.model_info.model_flops_per_step), the same on both backends
     collectives         count and result bytes of every all-gather, reduce-scatter, all-reduce,
                         all-to-all and collective-permute in the compiled program (ops inside a
                         loop body, e.g. the microbatch scan, are counted once)
@@ -30,10 +36,11 @@ is compiled whole (the 35B's in one to two minutes, where its 40 layers one by o
 and a half): peak and temp are its own. XLA's cost analysis counts a loop body once,
 so TFLOP and collectives come from the same model layer by layer, as above.
 
-The figures are the CPU backend's: XLA:GPU fuses differently and this code base picks other
-kernels there (`ragged_dot` grouped matmuls, where the CPU runs a block loop that gathers each
-block's expert weights; cuDNN attention when asked), so temporaries are an upper bound of what
-a GPU needs. Parameter and optimizer bytes and the collectives' pattern do not depend on it.
+On the GPU backend the model takes its GPU kernels (a1jax.model.platform: the Mosaic GPU
+grouped matmuls for the experts) and XLA:GPU's fusion and buffer assignment; the scanned program
+is compiled once and its collectives counted as written (a loop body once). XLA:CPU's
+temporaries are larger (other kernels, other fusion). Parameter and optimizer bytes do not
+depend on the backend.
 """
 
 from __future__ import annotations
@@ -48,11 +55,9 @@ import sys
 import time
 from typing import Any, Sequence
 
-from a1jax import cli
+from a1jax import cli, targets
 from a1jax.errors import A1Error
 
-# Usable device memory as nvidia-smi reports it (MiB), not the marketing figure.
-TARGETS = {"h100-80gb": 81_559 * 2**20, "h200-141gb": 143_771 * 2**20}
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2,
                 "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8,
@@ -82,6 +87,7 @@ class Row:
     peak: int = 0
     temp: int = 0
     flops: float = 0.0
+    model_flops: float = 0.0
     collectives: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     layers: str = ""  # "40" (compiled whole) or "4,8->40" (extrapolated)
     # An RL update's second model beside the trained one, in `peak`: OPD's teacher or GRPO's
@@ -95,8 +101,9 @@ class Row:
 
 
 def setup_host(devices: int) -> None:
-    """N simulated CPU devices: must run before JAX starts its backends (a process that already
-    has enough CPU devices, as under the tests, is used as it is)."""
+    """N simulated CPU devices, and JAX on the CPU (also for a GPU target: its devices are
+    compile-only): must run before JAX starts its backends (a process that already has enough
+    CPU devices, as under the tests, is used as it is)."""
     flags = os.environ.get("XLA_FLAGS", "")
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags)
     os.environ["XLA_FLAGS"] = (f"{flags} --xla_force_host_platform_device_count={devices} "
@@ -192,8 +199,11 @@ def compile_step(plan, devices, layers: int | None = None):
 
 def _measure(compiled) -> dict[str, Any]:
     m = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - XLA:GPU compile-only: UNIMPLEMENTED
+        cost = None
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
     peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
             + m.temp_size_in_bytes)
     return {"peak": peak, "temp": m.temp_size_in_bytes, "flops": float(cost.get("flops", 0.0)),
@@ -212,11 +222,14 @@ def _extrapolate(a: dict, b: dict, la: int, lb: int, target: int) -> dict:
 
 
 def plan_layout(config, layout: str, num_devices: int, *, microbatches: str = "",
-                layers: str = "auto") -> Row:
-    """Compiles `config` under `layout` on `num_devices` simulated devices; the row of figures.
+                layers: str = "auto", devices: Sequence[Any] | None = None) -> Row:
+    """Compiles `config` under `layout` on `num_devices` devices (`devices`: compile-only GPUs
+    from a1jax.targets; default this process's simulated CPU devices); the row of figures.
     `microbatches`: "" (the config's), a number, or "max" (one row per batch shard: the least
     activation memory the layout allows for the same global batch)."""
     import jax
+
+    from a1jax.model_info import model_flops_per_step
 
     from a1jax.train import runner
 
@@ -239,12 +252,21 @@ def plan_layout(config, layout: str, num_devices: int, *, microbatches: str = ""
         row.error = str(e)
         return row
     row.mesh, row.microbatches = plan.spec.describe(), c.microbatches
-    devices = jax.devices()[:num_devices]
+    gpu = devices is not None
+    devices = list(devices)[:num_devices] if gpu else jax.devices()[:num_devices]
     depth = plan.model_config.num_hidden_layers
     period = plan.model_config.layer_period
     scanned = plan.model_config.scan_layers
     try:
-        if scanned:
+        if gpu:
+            # A compile-only GPU has no cost analysis, so there is nothing to take layer by
+            # layer or extrapolate: the program as it runs, compiled whole.
+            trainer, compiled = compile_step(plan, devices)
+            figures = _measure(compiled)
+            row.layers = f"{depth} (scanned)" if scanned else str(depth)
+            del compiled
+            scanned = False
+        elif scanned:
             # XLA's cost analysis and the HLO text hold a loop's body once, so the layer scan's
             # FLOPs and collectives come from the same model layer by layer (below), and its
             # memory from the scanned program, compiled whole (its code is one repeat deep).
@@ -253,7 +275,9 @@ def plan_layout(config, layout: str, num_devices: int, *, microbatches: str = ""
             del compiled
             plan = dataclasses.replace(
                 plan, model_config=plan.model_config.replace(scan_layers=False))
-        if (layers == "full" or depth <= 2 * period) and not scanned:
+        if gpu:
+            pass
+        elif (layers == "full" or depth <= 2 * period) and not scanned:
             trainer, compiled = compile_step(plan, devices)
             figures, row.layers = _measure(compiled), str(depth)
         elif layers == "full" or depth <= 2 * period:
@@ -286,6 +310,8 @@ def plan_layout(config, layout: str, num_devices: int, *, microbatches: str = ""
     row.peak, row.temp, row.flops = (figures["peak"] + row.resident, figures["temp"],
                                      figures["flops"])
     row.collectives = figures["collectives"]
+    row.model_flops = model_flops_per_step(plan.model_config, c.batch_size,
+                                           c.seq_len) / num_devices
     row.seconds = time.perf_counter() - began
     return row
 
@@ -302,7 +328,7 @@ def _bytes(n: int) -> str:
 
 
 COLUMNS = ("layout", "mesh", "micro", "params GiB", "optimizer GiB", "peak GiB", "temp GiB",
-           "fits", "TFLOP", *COLLECTIVES)
+           "fits", "TFLOP", "model TFLOP", *COLLECTIVES)
 
 
 def markdown(rows: Sequence[Row], capacity: int, headroom: float) -> list[str]:
@@ -316,7 +342,9 @@ def markdown(rows: Sequence[Row], capacity: int, headroom: float) -> list[str]:
         lines.append("| " + " | ".join([
             r.layout, r.mesh.replace(" x ", "x"), str(r.microbatches), _gb(r.params),
             _gb(r.optimizer), _gb(r.peak), _gb(r.temp),
-            "yes" if r.fits(capacity, headroom) else "no", f"{r.flops / 1e12:.1f}", *coll]) + " |")
+            "yes" if r.fits(capacity, headroom) else "no",
+            f"{r.flops / 1e12:.1f}" if r.flops else "-", f"{r.model_flops / 1e12:.1f}",
+            *coll]) + " |")
     return lines
 
 
@@ -326,12 +354,12 @@ def write_csv(path: str, rows: Sequence[Row], capacity: int, headroom: float) ->
         w.writerow(["layout", "mesh", "microbatches", "layers", "params_bytes",
                     "optimizer_bytes", "peak_bytes", "temp_bytes", "fits", "flops",
                     *(f"{op}_{k}" for op in COLLECTIVES for k in ("count", "bytes")),
-                    "seconds", "error", "resident_bytes"])
+                    "seconds", "error", "resident_bytes", "model_flops"])
         for r in rows:
             coll = [v for op in COLLECTIVES for v in r.collectives.get(op, (0, 0))]
             w.writerow([r.layout, r.mesh, r.microbatches, r.layers, r.params, r.optimizer,
                         r.peak, r.temp, r.fits(capacity, headroom), r.flops, *coll,
-                        round(r.seconds, 1), r.error, r.resident])
+                        round(r.seconds, 1), r.error, r.resident, r.model_flops])
 
 
 def write_chart(path: str, rows: Sequence[Row], capacity: int, headroom: float,
@@ -379,13 +407,18 @@ def default_layouts(num_devices: int) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m a1jax.plan", description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="experiment file, FILE.py[:args]")
-    p.add_argument("--devices", type=int, default=8)
+    p.add_argument("--devices", type=int, default=8, help="devices per node")
+    p.add_argument("--nodes", type=int, default=1, help="hosts of --devices each (GPU backend: "
+                   "a multi-host topology; CPU: that many more simulated devices)")
+    p.add_argument("--backend", default="gpu", choices=("gpu", "cpu"),
+                   help="gpu: compile with XLA:GPU for --target's compile-only devices (the "
+                   "gpu-aot extra); cpu: XLA:CPU on simulated CPU devices")
     p.add_argument("--layouts", default="", help="comma-separated; default every named layout "
                    "that fits the device count")
     p.add_argument("--seq", type=int, default=0, help="sequence length (default: the config's)")
     p.add_argument("--batch", type=int, default=0, help="sequences per step (default: config's)")
     p.add_argument("--microbatches", default="", help="a number, or max (default: config's)")
-    p.add_argument("--target", default="h200-141gb", choices=sorted(TARGETS))
+    p.add_argument("--target", default="h200-141gb", choices=sorted(targets.GPUS))
     p.add_argument("--headroom", type=float, default=0.1,
                    help="share of the target's memory kept free (allocator, cuDNN/NCCL "
                    "workspaces, fragmentation)")
@@ -395,17 +428,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="config override, repeatable")
     p.add_argument("--out", default="", help="directory for plan.csv, plan.png and plan.md")
     args = p.parse_args(argv)
-    if args.devices < 1:
-        raise PlanError(f"--devices must be positive, got {args.devices}")
-    setup_host(args.devices)
+    if args.devices < 1 or args.nodes < 1:
+        raise PlanError(f"--devices and --nodes must be positive, got {args.devices} and "
+                        f"{args.nodes}")
+    total = args.devices * args.nodes
+    setup_host(total if args.backend == "cpu" else 1)
 
     import jax
 
     from a1jax import curriculum
 
-    if len(jax.devices()) < args.devices:
+    gpus = None
+    if args.backend == "gpu":
+        gpus = targets.topology(args.target, args.nodes, args.devices)
+    elif len(jax.devices()) < total:
         raise PlanError(f"this process has {len(jax.devices())} devices; JAX started before "
-                        f"--xla_force_host_platform_device_count={args.devices} could be set")
+                        f"--xla_force_host_platform_device_count={total} could be set")
     path, _, arg = args.config.partition(":")
     config = curriculum.load_experiment(path, arg or None)
     for assignment in args.set:
@@ -414,23 +452,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.seq_len = args.seq
     if args.batch:
         config.batch_size = args.batch
-    layouts = [s for s in args.layouts.split(",") if s] or default_layouts(args.devices)
+    layouts = [s for s in args.layouts.split(",") if s] or default_layouts(total)
     from a1jax.sharding.layouts import get_layout
     for name in layouts:
         get_layout(name)  # unknown names: an error before any compile
-    capacity = TARGETS[args.target]
+    capacity = targets.get(args.target).usable_bytes
+    where = (f"XLA:GPU for {args.nodes} x {args.devices} {args.target}" if gpus else
+             f"XLA:CPU on {total} simulated devices, target {args.target}")
     print(f"plan: {path}:{arg} ({config.model.preset}), {config.batch_size} x {config.seq_len} "
-          f"tokens per step, {args.devices} devices, target {args.target}", file=sys.stderr)
+          f"tokens per step, {where}", file=sys.stderr)
     rows = []
     for name in layouts:
-        row = plan_layout(config, name, args.devices, microbatches=args.microbatches,
-                          layers=args.layers)
+        row = plan_layout(config, name, total, microbatches=args.microbatches,
+                          layers=args.layers, devices=gpus)
         print(f"  {name}: {row.error or f'{row.seconds:.0f}s'}", file=sys.stderr, flush=True)
         rows.append(row)
     lines = markdown(rows, capacity, args.headroom)
     layers = {r.layers for r in rows if r.layers and "->" in r.layers}
     notes = [f"Per device, {args.target} ({_gb(capacity)} GiB usable, fits = peak <= "
-             f"{1 - args.headroom:.0%} of it); collectives: count / result bytes in the "
+             f"{1 - args.headroom:.0%} of it), compiled with "
+             f"{'XLA:GPU' if gpus else 'XLA:CPU'}; collectives: count / result bytes in the "
              "compiled program."]
     if config.rl.algorithm != "sft":
         what = "the routed teacher's" if config.rl.algorithm == "opd" else \
@@ -441,7 +482,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"parameters, resident beside the student's and laid out like them "
                      f"({resident}). The rollout engine's cache and the teacher's scoring pass "
                      "are other programs, not compiled here.")
-    if any("scanned" in r.layers for r in rows):
+    if gpus and any("scanned" in r.layers for r in rows):
+        notes.append("scan_layers: compiled whole; collectives as the program holds them (a "
+                     "loop's body once); TFLOP: none from XLA:GPU without a GPU, model TFLOP "
+                     "analytic.")
+    elif any("scanned" in r.layers for r in rows):
         notes.append("scan_layers: peak and temp are the scanned program's, compiled whole; "
                      "TFLOP and collectives are the same model's compiled layer by layer (a "
                      "loop's body counts once in XLA's cost analysis).")

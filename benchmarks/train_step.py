@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 from a1jax.errors import A1Error  # noqa: E402
 from a1jax.experiment import parse_rules  # noqa: E402
 from a1jax.model import get_preset  # noqa: E402
-from a1jax.model_info import count_params  # noqa: E402
+from a1jax.model_info import model_flops_per_step  # noqa: E402
 from a1jax.sharding import MeshSpec  # noqa: E402
 from a1jax.train.optim import OptimConfig  # noqa: E402
 from a1jax.train.sharded import build_trainer, release_host_memory  # noqa: E402
@@ -78,21 +78,6 @@ def matmul_peak(dtype: str) -> float:
         f(a).block_until_ready()
         best = min(best, time.perf_counter() - start)
     return 2 * n ** 3 / best
-
-
-def model_flops_per_step(config, batch: int, seq: int) -> float:
-    """6 x active matmul parameters x tokens, plus causal attention and the DeltaNet chunk work
-    (forward + backward = 3 x forward)."""
-    counts = count_params(config)
-    tokens = batch * seq
-    dense = 6 * (counts["active"] - counts["embedding"]) * tokens
-    n_full = config.layer_types.count("full_attention")
-    n_linear = config.num_hidden_layers - n_full
-    attention = 3 * n_full * 4 * config.num_attention_heads * config.head_dim * (seq / 2) * tokens
-    c, hv = config.deltanet_chunk_size, config.linear_num_value_heads
-    dk, dv = config.linear_key_head_dim, config.linear_value_head_dim
-    deltanet = 3 * n_linear * hv * tokens * (2 * c * (2 * dk + dv) + 6 * dk * dv)
-    return dense + attention + deltanet
 
 
 def main() -> None:

@@ -122,7 +122,8 @@ def test_plans_the_rl_learners_update_with_its_second_model(name, devices):
 
 def test_cli_errors_before_compiling(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "a1jax.plan", "--config",
-                                     f"{STAGE1}:model=tiny,smoke=True", *a], cwd=REPO,
+                                     f"{STAGE1}:model=tiny,smoke=True", "--backend", "cpu",
+                                     *a], cwd=REPO,
                                     capture_output=True, text=True, timeout=120)
     bad = run("--devices", "8", "--layouts", "fsdp,nope")
     assert bad.returncode == 2

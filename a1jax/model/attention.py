@@ -17,6 +17,7 @@ from a1jax.model.blockwise import blockwise_attention
 from a1jax.model.cache import AttentionCache
 from a1jax.model.config import ConfigError, ModelConfig
 from a1jax.model.context import SequenceShards, over_sequence, sequence_shards
+from a1jax.model.platform import kernel_platform
 from a1jax.model.rope import apply_rope
 
 
@@ -48,7 +49,7 @@ def cudnn_attention(q_bthk: jax.Array, k_bsnk: jax.Array, v_bsnk: jax.Array,
     jax.nn exposes no segment ids, so packed rows pass as a [b, 1, t, t] boolean mask on top of
     the causal mask: that mask is t x t per row, which makes this kernel a choice for moderate
     lengths; the blockwise kernel is the long-context one."""
-    if jax.default_backend() != "gpu":
+    if kernel_platform() != "gpu":
         raise ConfigError("attention_impl='cudnn' needs a GPU; use 'blockwise' elsewhere")
     same_b1ts = (runs_bt[:, :, None] == runs_bt[:, None, :])[:, None]
     return jax.nn.dot_product_attention(q_bthk, k_bsnk, v_bsnk, mask=same_b1ts, is_causal=True,

@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from a1jax.model import ragged
 from a1jax.model.base import after
+from a1jax.model.platform import kernel_platform
 
 
 def dense(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj):
@@ -110,16 +112,19 @@ def grouped_swiglu(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj,
     own group only, results weighted and summed back per token. Assignments with `valid_tk`
     False are sorted after every expert's group and contribute nothing.
 
-    `impl`: "ragged" uses `jax.lax.ragged_dot` (grouped GEMM kernels on GPU and TPU); "blocks"
-    pads each group to whole blocks of `block` rows and runs one batched matmul against each
-    block's gathered expert weights. "auto" picks "blocks" on the CPU, because XLA's CPU backend
-    lowers `ragged_dot` to a masked contraction over all experts (the cost of `dense`), and
-    "ragged" elsewhere. Both cost the routed tokens (blocks: plus at most (e+1)(block-1) rows).
-    All data movement is row gathers by permutations (`take_rows`), forward and backward."""
-    if impl == "auto":
-        impl = "blocks" if jax.default_backend() == "cpu" else "ragged"
+    `impl`: "mosaic" runs JAX's Mosaic GPU ragged-dot kernels (a1jax.model.ragged; Hopper,
+    16-bit; off a GPU, the same product through XLA's ragged_dot_general, for tests); "ragged"
+    uses `jax.lax.ragged_dot` (TPU); "blocks" pads each group to whole blocks of `block` rows and
+    runs each block's product against its expert's weights in a loop. "auto" picks by the
+    platform compiled for (`kernel_platform`): "mosaic" on a GPU where its kernels take the
+    layer, "ragged" on a TPU, "blocks" otherwise. XLA:CPU and XLA:GPU lower `ragged_dot` to a
+    masked contraction over all experts (the cost of `dense`, and a [tokens, experts, features]
+    buffer). Each costs the routed tokens (blocks: plus at most (e+1)(block-1) rows). All data
+    movement is row gathers by permutations (`take_rows`), forward and backward."""
     t, k = experts_tk.shape
-    e, d, _ = gate_proj.shape
+    e, d, f = down_proj.shape[0], down_proj.shape[2], down_proj.shape[1]
+    if impl == "auto":
+        impl = auto_impl(x_td.dtype, d, f)
     a = t * k
     flat_e = experts_tk.reshape(a)
     if valid_tk is not None:
@@ -138,6 +143,8 @@ def grouped_swiglu(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj,
         h = (jax.nn.silu(jax.lax.ragged_dot(x_ad, gate_proj, group_sizes))
              * jax.lax.ragged_dot(x_ad, up_proj, group_sizes))
         y_ad = jax.lax.ragged_dot(h, down_proj, group_sizes)
+    elif impl == "mosaic":
+        y_ad = _mosaic_swiglu(x_ad, sizes[:e].astype(jnp.int32), gate_proj, up_proj, down_proj)
     elif impl == "blocks":
         padded = (sizes + block - 1) // block * block
         padded_end = jnp.cumsum(padded)
@@ -165,6 +172,31 @@ def grouped_swiglu(x_td, weights_tk, experts_tk, gate_proj, up_proj, down_proj,
     # A product and a sum over k, not an einsum: as a dot that is t batched [1, d] x [d, k]
     # products (and two more in the backward), which XLA's CPU backend runs one by one.
     return jnp.sum(y_tkd * weights_tk.astype(y_tkd.dtype)[:, :, None], axis=1)
+
+
+def auto_impl(dtype, d: int, f: int) -> str:
+    """`grouped_swiglu`'s kernel for the platform being compiled for (see there)."""
+    platform = kernel_platform()
+    if platform == "gpu" and not ragged.mosaic_applies(dtype, d):
+        return "mosaic"
+    return "ragged" if platform == "tpu" else "blocks"
+
+
+def _mosaic_swiglu(x_ad, group_sizes, gate_proj, up_proj, down_proj):
+    """SwiGLU through the Mosaic kernels: gate and up as one product ([d, 2f] per expert), down
+    as another. An f that is not whole tiles is zero-padded (exact: the padded features are
+    silu(0) * 0 = 0 and meet zero rows of down)."""
+    f = down_proj.shape[1]
+    pad = -f % ragged.TILE
+    if pad:
+        gate_proj, up_proj = (jnp.pad(w, ((0, 0), (0, 0), (0, pad))) for w in (gate_proj, up_proj))
+        down_proj = jnp.pad(down_proj, ((0, 0), (0, pad), (0, 0)))
+    kernels = "mosaic" if kernel_platform() == "gpu" else "reference"
+    w_gate_up = jnp.concatenate([gate_proj, up_proj], axis=-1).astype(x_ad.dtype)
+    gate_up = ragged.ragged_matmul(x_ad, w_gate_up, group_sizes, kernels)
+    gate, up = jnp.split(gate_up, 2, axis=-1)
+    h = (jax.nn.silu(gate.astype(jnp.float32)) * up.astype(jnp.float32)).astype(x_ad.dtype)
+    return ragged.ragged_matmul(h, down_proj.astype(x_ad.dtype), group_sizes, kernels)
 
 
 def _blocks_swiglu(x_nbd, block_expert, gate_proj, up_proj, down_proj, used=None):
@@ -353,7 +385,7 @@ def dropless_compiled_flops(tokens: int, top_k: int, experts: int, d: int, f: in
     compiled = jax.jit(functools.partial(dropless, block=block)).lower(*args).compile()
     flops = compiled.cost_analysis()["flops"]
     loops = _loops_with_matmuls(compiled.as_text())
-    if jax.default_backend() == "cpu":
+    if kernel_platform() == "cpu":
         num_blocks = dropless_num_blocks(tokens * top_k, experts, block)
         sizes = _run_sizes(num_blocks)
         if loops != len(sizes):

@@ -124,8 +124,9 @@ class Trainer:
 
     def abstract_state(self) -> TrainState:
         """The state's shapes and dtypes, without allocating it (for ahead-of-time compiles)."""
+        key = jax.eval_shape(lambda: jax.random.key(0))  # abstract: nothing runs on the mesh
         with self.context():
-            return jax.eval_shape(self._init, jax.random.key(0))
+            return jax.eval_shape(self._init, key)
 
     def restore_target(self, stacked: bool | None = None) -> TrainState:
         """Abstract arrays carrying the state's shardings, to restore a checkpoint onto; with
