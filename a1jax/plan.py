@@ -100,14 +100,36 @@ class Row:
         return not self.error and self.peak <= capacity * (1.0 - headroom)
 
 
-def setup_host(devices: int) -> None:
+# Compiling for an H100 without one: XLA:GPU has deviceless CUB sort data for the H100 (not the
+# H200) and turns sorts into CUB radix sorts, whose thunk then needs the CUDA runtime to be
+# created ("Error loading CUDA libraries", after codegen). Its own sort instead, as for the H200;
+# the sort's scratch is the only memory this changes.
+_GPU_COMPILE_FLAGS = "--xla_gpu_enable_cub_radix_sort=false"
+
+
+def gpu_run_flags() -> str:
+    """The XLA flags a GPU run is launched with (launch/gpu/xla_flags.sh's list: the latency
+    hiding scheduler, collective combining and pipelining change what is live at once), so
+    that the plan compiles the program the run will."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "launch", "gpu", "xla_flags.sh")
+    if not os.path.exists(path):  # an installed package without the launchers
+        return ""
+    text = open(path).read().split("_a1jax_flags=(", 1)[1].split("\n)", 1)[0]
+    return " ".join(line.strip() for line in text.splitlines()
+                    if line.strip().startswith("--"))
+
+
+def setup_host(devices: int, gpu: bool = False) -> None:
     """N simulated CPU devices, and JAX on the CPU (also for a GPU target: its devices are
     compile-only): must run before JAX starts its backends (a process that already has enough
     CPU devices, as under the tests, is used as it is)."""
     flags = os.environ.get("XLA_FLAGS", "")
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", flags)
     os.environ["XLA_FLAGS"] = (f"{flags} --xla_force_host_platform_device_count={devices} "
-                               f"{_FAST_CODEGEN}").strip()
+                               f"{_FAST_CODEGEN} "
+                               f"{_GPU_COMPILE_FLAGS + ' ' + gpu_run_flags() if gpu else ''}"
+                               ).strip()
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 
@@ -304,6 +326,9 @@ def plan_layout(config, layout: str, num_devices: int, *, microbatches: str = ""
     except A1Error as e:
         row.error = str(e)
         return row
+    except jax.errors.JaxRuntimeError as e:  # XLA refused the program: say so, plan the rest
+        row.error = f"XLA could not compile it: {str(e).splitlines()[0]}"
+        return row
     row.params, row.optimizer = state_bytes(trainer)
     second = c.rl.algorithm == "opd" or (c.rl.algorithm == "grpo" and c.rl.kl_coef)
     row.resident = row.params if second else 0
@@ -432,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise PlanError(f"--devices and --nodes must be positive, got {args.devices} and "
                         f"{args.nodes}")
     total = args.devices * args.nodes
-    setup_host(total if args.backend == "cpu" else 1)
+    setup_host(total if args.backend == "cpu" else 1, gpu=args.backend == "gpu")
 
     import jax
 

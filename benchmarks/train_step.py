@@ -8,7 +8,12 @@
 
 The batch comes from a fixed seed whatever the layout, so first-step losses compare across
 layouts. MFU is model FLOPs per second over the matmul rate this machine reaches, measured in
-the same run. The last line reads `a1jax tokens_per_s=N mfu=M first_loss=L`.
+the same run, or over a GPU's datasheet rate (`--peak h200-141gb`). The last line reads
+`a1jax tokens_per_s=N mfu=M first_loss=L losses=L0,L1,... peak_bytes=B`.
+
+`--target h200-141gb` compiles the same step for that GPU without one (a1jax.targets; JAX on
+the CPU, the gpu-aot extra) and prints only XLA:GPU's buffer assignment for it
+(`a1jax plan_peak_bytes=B temp_bytes=T`): what launch/gpu/check.sh sets beside a real run.
 """
 
 from __future__ import annotations
@@ -39,10 +44,19 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--layers", type=int, help="keep only the first N layers (a slice)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="any ModelConfig field, e.g. --set deltanet_chunk_size=32")
+    parser.add_argument("--peak", default="", help="MFU against this GPU's dense matmul rate "
+                        "(a1jax.targets: h100-80gb, h200-141gb) instead of a measured one")
+    parser.add_argument("--precision", default="", choices=["", "highest"],
+                        help="highest: fp32 matmuls in full precision (no TF32 on a GPU)")
+    parser.add_argument("--target", default="", help="compile only, for this GPU without one "
+                        "(a1jax.targets), and print its planned memory")
     return parser.parse_args()
 
 
 ARGS = _parse()
+if ARGS.target:  # compile-only GPU devices: JAX itself on the CPU (a1jax.plan's setup)
+    from a1jax.plan import setup_host
+    setup_host(ARGS.devices, gpu=True)
 # Layouts need several devices; on a CPU they are simulated (a one-device run uses the first).
 if "device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
@@ -64,6 +78,7 @@ from a1jax.model_info import model_flops_per_step  # noqa: E402
 from a1jax.sharding import MeshSpec  # noqa: E402
 from a1jax.train.optim import OptimConfig  # noqa: E402
 from a1jax.train.sharded import build_trainer, release_host_memory  # noqa: E402
+from a1jax.train.step import BATCH_KEYS  # noqa: E402
 
 
 def matmul_peak(dtype: str) -> float:
@@ -96,22 +111,30 @@ def main() -> None:
         except json.JSONDecodeError:
             changes[name] = value
     config = dataclasses.replace(config, **changes)
+    if args.precision:
+        jax.config.update("jax_default_matmul_precision", args.precision)
+    gpus = None
+    if args.target:
+        from a1jax import targets
+        gpus = targets.topology(args.target, 1, args.devices if args.layout or args.mesh else 1)
     try:
         rules = parse_rules(args.rules, "--rules")
         if args.layout or args.mesh:
             axes = dict((k, int(v)) for k, v in (kv.split("=") for kv in args.mesh.split(","))) \
                 if args.mesh else None
             spec = MeshSpec.create(layout=args.layout, axes=axes, rules=rules)
-            devices = None
+            devices = gpus
         else:
             spec = MeshSpec.create(axes={"data": 1}, rules=rules, num_devices=1)
-            devices = jax.devices()[:1]
+            devices = gpus or jax.devices()[:1]
         trainer = build_trainer(config, OptimConfig(warmup_fraction=0.0, total_steps=1000),
                                 spec, batch=args.batch, seq=args.seq,
                                 microbatches=args.microbatches, devices=devices)
     except A1Error as e:  # a layout that cannot work: say which, before compiling anything
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.target:
+        return plan_only(trainer, args)
     rs = np.random.RandomState(0)  # the same batch whatever the layout
     tokens = rs.randint(0, config.vocab_size, (args.batch, args.seq + 1))
     loss_mask = np.ones((args.batch, args.seq), np.int32)
@@ -137,30 +160,55 @@ def main() -> None:
           f"{getattr(memory, 'temp_size_in_bytes', 0) / 2**30:.2f} GiB", flush=True)
     state, metrics = compiled(state, batch)
     first_loss = float(metrics["loss"])
-    times = []
+    losses, times = [first_loss], []
     for _ in range(args.steps):
         start = time.perf_counter()
         state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics["loss"])
         times.append(time.perf_counter() - start)
+        losses.append(float(metrics["loss"]))
     step_s = float(np.median(times))
     tokens_per_s = args.batch * args.seq / step_s
-    peak = matmul_peak(args.dtype) * len(trainer.mesh.devices.flat)
-    if jax.devices()[0].platform == "cpu":
+    if args.peak:
+        from a1jax import targets
+        peak = targets.get(args.peak).peak_flops() * len(trainer.mesh.devices.flat)
+    elif jax.devices()[0].platform == "cpu":
         peak = matmul_peak(args.dtype)  # simulated devices share the same cores
+    else:
+        peak = matmul_peak(args.dtype) * len(trainer.mesh.devices.flat)
     flops = model_flops_per_step(config, args.batch, args.seq)
     mfu = flops / step_s / peak
     if jax.devices()[0].platform == "cpu":
-        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        mem = f"peak RSS {peak_mem:.2f} GiB"
+        peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        mem = f"peak RSS {peak_bytes / 2**30:.2f} GiB"
     else:
         stats = jax.devices()[0].memory_stats() or {}
-        mem = f"peak device memory {stats.get('peak_bytes_in_use', 0) / 2**30:.2f} GiB"
+        peak_bytes = stats.get("peak_bytes_in_use", 0)
+        mem = f"peak device memory {peak_bytes / 2**30:.2f} GiB"
     print(f"first loss {first_loss:.4f}; step {step_s:.3f}s (median of {args.steps}; fastest "
           f"{min(times):.3f}s); "
           f"{tokens_per_s:,.0f} tokens/s; model {flops / 1e9:.1f} GFLOP/step; "
           f"matmul peak {peak / 1e9:.0f} GFLOP/s; MFU {mfu:.3f}; {mem}")
-    print(f"a1jax tokens_per_s={tokens_per_s:.0f} mfu={mfu:.4f} first_loss={first_loss:.6f}")
+    print(f"a1jax tokens_per_s={tokens_per_s:.0f} mfu={mfu:.4f} first_loss={first_loss:.6f} "
+          f"losses={','.join(f'{x:.6f}' for x in losses)} peak_bytes={peak_bytes}")
+
+
+def plan_only(trainer, args) -> int:
+    """XLA:GPU's buffer assignment of this step for `args.target` (no GPU): the planner's
+    figure for the very program a GPU run of the same arguments compiles."""
+    sds = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+    state = jax.tree.map(sds, trainer.abstract_state(), trainer.state_sharding)
+    batch = {k: jax.ShapeDtypeStruct((args.batch, args.seq), jnp.int32,
+                                     sharding=trainer.batch_sharding)
+             for k in BATCH_KEYS}
+    start = time.perf_counter()
+    m = trainer.lower(state, batch).compile().memory_analysis()
+    peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+            + m.temp_size_in_bytes)
+    print(f"planned for {args.target} in {time.perf_counter() - start:.0f}s: peak "
+          f"{peak / 2**30:.2f} GiB per device (temp {m.temp_size_in_bytes / 2**30:.2f} GiB)")
+    print(f"a1jax plan_peak_bytes={peak} temp_bytes={m.temp_size_in_bytes}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -216,3 +216,11 @@ def test_plan_cli_compiles_for_gpus_one_and_two_nodes(capsys):
     row = next(line for line in out.out.splitlines() if line.startswith("| fsdp "))
     assert "| data=16xexpert=1xsequence=1 |" in row and "| yes |" in row
     assert "compiled with XLA:GPU" in out.out
+
+
+def test_gpu_plans_compile_with_the_flags_gpu_runs_use():
+    """The planner's XLA:GPU compile takes launch/gpu/xla_flags.sh's flags (the scheduler and
+    collective settings change what is live at once), every one of them."""
+    text = open(os.path.join(REPO, "launch", "gpu", "xla_flags.sh")).read()
+    listed = re.findall(r"^\s+(--xla_\w+=\S+)", text, re.M)
+    assert len(listed) >= 5 and plan.gpu_run_flags().split() == listed
