@@ -35,6 +35,20 @@ _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_pl
 applied = False
 
 
+def cpu_when_no_gpu() -> bool:
+    """Sets JAX_PLATFORMS=cpu where the CUDA plugin is installed but no NVIDIA GPU is (the
+    gpu-aot extra: compiling for GPUs on a CPU machine, a1jax.targets), and JAX_PLATFORMS is
+    unset: JAX would otherwise try to start the plugin, print a CUDA error, and leave the CLIs
+    unsure whether to simulate CPU devices. Returns whether it did."""
+    if os.environ.get("JAX_PLATFORMS", "").strip() or os.path.exists("/dev/nvidiactl"):
+        return False
+    if not any(importlib.util.find_spec(name) is not None
+               for name in ("jax_plugins.xla_cuda12", "jax_cuda12_plugin")):
+        return False
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    return True
+
+
 def cpu_backend_expected() -> bool:
     """Whether JAX will run on the CPU: JAX_PLATFORMS names it first, or no accelerator plugin
     is installed."""

@@ -113,11 +113,12 @@ def gpu_run_flags() -> str:
     that the plan compiles the program the run will."""
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "launch", "gpu", "xla_flags.sh")
+    extra = os.environ.get("A1JAX_XLA_FLAGS_EXTRA", "")  # as the launchers add it, last
     if not os.path.exists(path):  # an installed package without the launchers
-        return ""
+        return extra
     text = open(path).read().split("_a1jax_flags=(", 1)[1].split("\n)", 1)[0]
-    return " ".join(line.strip() for line in text.splitlines()
-                    if line.strip().startswith("--"))
+    return " ".join([line.strip() for line in text.splitlines()
+                     if line.strip().startswith("--")] + ([extra] if extra else []))
 
 
 def setup_host(devices: int, gpu: bool = False) -> None:
@@ -457,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise PlanError(f"--devices and --nodes must be positive, got {args.devices} and "
                         f"{args.nodes}")
     total = args.devices * args.nodes
+    if args.backend == "gpu" and argv is None:  # the command line: to the CUDA plugin's venv
+        targets.reexec_for_gpu(["-m", "a1jax.plan"])
     setup_host(total if args.backend == "cpu" else 1, gpu=args.backend == "gpu")
 
     import jax

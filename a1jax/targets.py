@@ -9,13 +9,16 @@ tests/test_gpu_compile.py checks the rendered text against XLA's files field by 
 
 `topology(target, hosts, devices_per_host)` gives compile-only devices of that GPU
 (`jax.experimental.topologies`): a mesh of them compiles with XLA:GPU and reports its buffer
-assignment, with no GPU present. It needs the `gpu-aot` extra (the CUDA PJRT plugin and ptxas):
-`pip install -e '.[gpu-aot]'`.
+assignment, with no GPU present. It needs the `gpu-aot` extra (the CUDA PJRT plugin and ptxas).
+On a CPU machine `launch/setup_gpu_aot.sh` puts it in `.venv-gpu-aot`, beside `.venv` (installed
+in `.venv`, the plugin makes every `import jax` print CUDA driver warnings); the planner and
+`benchmarks/train_step.py --target` move to that interpreter by themselves (`gpu_aot_python`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from a1jax.errors import A1Error
 
@@ -107,6 +110,32 @@ def target_config(name: str) -> str:
         f'device_description_str: "{gpu.name}"\n')
 
 
+def plugin_installed() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+
+
+def gpu_aot_python() -> str | None:
+    """The interpreter to compile for GPUs with: this one if it has the CUDA plugin, else
+    .venv-gpu-aot's (launch/setup_gpu_aot.sh) if it exists."""
+    import sys
+    if plugin_installed():
+        return sys.executable
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    python = os.environ.get("A1JAX_GPU_AOT_VENV", os.path.join(root, ".venv-gpu-aot"))
+    python = os.path.join(python, "bin", "python")
+    return python if os.access(python, os.X_OK) else None
+
+
+def reexec_for_gpu(module_or_script: list[str]) -> None:
+    """Runs this command again under .venv-gpu-aot's interpreter when this one lacks the CUDA
+    plugin (for `__main__` only: it replaces the process)."""
+    import sys
+    python = gpu_aot_python()
+    if python and python != sys.executable:
+        os.execv(python, [python, *module_or_script, *sys.argv[1:]])
+
+
 def get(name: str) -> Gpu:
     if name not in GPUS:
         raise TargetError(f"unknown target {name!r}; known: {', '.join(sorted(GPUS))}")
@@ -128,6 +157,7 @@ def topology(name: str, hosts: int = 1, devices_per_host: int = 8):
             raise TargetError(f"compiling for {name} needs JAX on the CPU (JAX_PLATFORMS=cpu), "
                               f"got JAX_PLATFORMS={jax.config.jax_platforms}") from e
         raise TargetError(f"cannot compile for {name} here: {str(e).splitlines()[0]} (the CUDA "
-                          "compile packages are the gpu-aot extra: pip install -e '.[gpu-aot]'; "
-                          "or plan with --backend cpu)") from e
+                          "compile packages: launch/setup_gpu_aot.sh makes .venv-gpu-aot with "
+                          "them, or pip install -e '.[gpu-aot]'; or plan with --backend cpu)"
+                          ) from e
     return list(topo.devices)

@@ -55,7 +55,9 @@ def _parse() -> argparse.Namespace:
 
 ARGS = _parse()
 if ARGS.target:  # compile-only GPU devices: JAX itself on the CPU (a1jax.plan's setup)
+    from a1jax import targets
     from a1jax.plan import setup_host
+    targets.reexec_for_gpu([os.path.abspath(__file__)])  # to .venv-gpu-aot where needed
     setup_host(ARGS.devices, gpu=True)
 # Layouts need several devices; on a CPU they are simulated (a one-device run uses the first).
 if "device_count" not in os.environ.get("XLA_FLAGS", ""):

@@ -8,10 +8,11 @@
 # test's time is XLA compiling, which uses one core, so two workers keep a 2-core machine busy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# gpu-aot: the tests compile for H100s on this CPU (tests/test_gpu_compile.py), and must
-# not skip for want of it.
-export A1JAX_EXTRAS=test,gpu-aot A1JAX_REQUIRE_GPU_AOT=1
 source launch/setup_venv.sh
+# .venv-gpu-aot: tests/test_gpu_compile.py compiles for H100s on this CPU there, and must not
+# skip for want of it (tests/test_gpu_aot.py runs it).
+bash launch/setup_gpu_aot.sh
+export A1JAX_REQUIRE_GPU_AOT=1
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=8"
 export JAX_PLATFORMS=cpu
 workers="${A1JAX_TEST_WORKERS:-2}"

@@ -2,8 +2,9 @@
 target configs equal XLA's own, the model takes its GPU kernels when compiled for GPU devices,
 and the experts' grouped matmul holds no [tokens, experts, ...] buffer there.
 
-Needs the gpu-aot extra (the CUDA PJRT plugin and ptxas), which launch/test.sh installs and
-requires (A1JAX_REQUIRE_GPU_AOT=1): without it these tests fail there, and skip elsewhere."""
+Needs the CUDA PJRT plugin and ptxas (the gpu-aot extra). They live in .venv-gpu-aot
+(launch/setup_gpu_aot.sh), not .venv: tests/test_gpu_aot.py runs this file with that interpreter
+(and fails where launch/test.sh requires it and it is missing); under .venv it skips."""
 
 import os
 import re
@@ -22,18 +23,9 @@ STAGE1 = os.path.join(REPO, "experiments", "curriculum", "stage1_foundation.py")
 XLA_SPECS = os.path.join(REPO, "..", "shared", "data", "gpu_targets")
 
 
-def _have_plugin() -> bool:
-    try:
-        import jax_plugins.xla_cuda12  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-if not _have_plugin():
-    if os.environ.get("A1JAX_REQUIRE_GPU_AOT"):
-        raise RuntimeError("the gpu-aot extra is not installed: pip install -e '.[gpu-aot]'")
-    pytest.skip("the gpu-aot extra (CUDA PJRT plugin) is not installed", allow_module_level=True)
+if not targets.plugin_installed():
+    pytest.skip("no CUDA plugin in this interpreter: tests/test_gpu_aot.py runs this file with "
+                ".venv-gpu-aot's", allow_module_level=True)
 
 
 def parse_textproto(text: str) -> dict:
