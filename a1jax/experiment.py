@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import math
 from typing import Any, Mapping
 
@@ -90,6 +91,11 @@ def base() -> ml_collections.ConfigDict:
     c.seq_len = 1024
     c.batch_size = 8  # sequences per optimizer step, all processes together
     c.microbatches = 1
+    # XLA options for the train step's compile only ("xla_name=value,..."), beside the
+    # launchers' XLA_FLAGS: what one experiment needs and others must not get (stage 3 turns
+    # the GPU's pipelined collectives off to fit its memory). Scheduling only, not numerics:
+    # not in the run's identity.
+    c.xla_options = ""
     c.steps = 100
     c.token_budget = 0  # > 0: steps = ceil(token_budget / (batch_size * seq_len))
 
@@ -269,12 +275,26 @@ def num_steps(c: ml_collections.ConfigDict) -> int:
     return c.steps
 
 
+def xla_options(c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`c.xla_options` as jax.jit's compiler_options: {"xla_name": bool | int | str}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in c.xla_options.split(","))):
+        name, eq, value = part.partition("=")
+        if not eq or not name.startswith("xla_"):
+            raise ExperimentError(f"xla_options: expected xla_NAME=VALUE[,...], got {part!r}")
+        out[name] = {"true": True, "false": False}.get(value.lower(), value)
+        if isinstance(out[name], str) and re.fullmatch(r"-?\d+", value):
+            out[name] = int(value)
+    return out
+
+
 def optim_config(c: ml_collections.ConfigDict) -> OptimConfig:
     return OptimConfig(total_steps=num_steps(c), **c.optim.to_dict())
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """The checks that need no devices and no data."""
+    xla_options(c)
     if c.nonfinite not in ("skip", "stop"):
         raise ExperimentError(f"nonfinite must be 'skip' or 'stop', got {c.nonfinite!r}")
     for key in ("seq_len", "batch_size", "microbatches", "log_every", "eval_every",

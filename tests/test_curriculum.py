@@ -90,6 +90,33 @@ def test_stage_files_validate_at_35b_on_8_devices(stage, tmp_path):
     assert config.seq_len == {"stage1_foundation": 32_768, "stage2_trajectory_extension": 65_536,
                               "stage3_frontier_hardening": 131_072}[stage]
     assert experiment.optim_config(config).learning_rate == 1e-5
+    # stage 3 compiles its step without the GPU's pipelined collectives (docs/planner.md)
+    assert experiment.xla_options(config) == ({
+        "xla_gpu_enable_pipelined_all_gather": False,
+        "xla_gpu_enable_pipelined_reduce_scatter": False,
+        "xla_gpu_enable_pipelined_all_reduce": False}
+        if stage == "stage3_frontier_hardening" else {})
+
+
+def test_xla_options_reach_the_compile_and_bad_ones_are_refused(tmp_path):
+    config = curriculum.load_experiment(curriculum.stage_file(curriculum.STAGES[0]),
+                                        "model=tiny,smoke=True")
+    config.xla_options = "xla_cpu_enable_fast_math=true, xla_gpu_all_reduce_combine_threshold_bytes=8"
+    assert experiment.xla_options(config) == {"xla_cpu_enable_fast_math": True,
+                                              "xla_gpu_all_reduce_combine_threshold_bytes": 8}
+    config.xla_options = "fast_math=true"
+    with pytest.raises(experiment.ExperimentError) as e:
+        experiment.validate(config)
+    assert str(e.value) == "xla_options: expected xla_NAME=VALUE[,...], got 'fast_math=true'"
+    # a name XLA does not know fails the step's compile: the options are passed to it
+    config.xla_options = "xla_no_such_option=1"
+    config.mesh.layout, config.mesh.axes = "", "data=1"
+    trainer = runner.build(runner.check(config, str(tmp_path), num_devices=1))
+    state = trainer.abstract_state()
+    batch = {k: jax.ShapeDtypeStruct(trainer.batch_shape, np.int32) for k in
+             ("tokens", "targets", "loss_mask", "segment_ids", "positions")}
+    with pytest.raises(Exception, match="No such compile option: 'xla_no_such_option'"):
+        trainer.lower(state, batch).compile()
 
 
 def test_later_stage_alone_needs_init_from(tmp_path):

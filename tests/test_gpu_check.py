@@ -51,3 +51,30 @@ def test_the_cpu_reference_run(tmp_path):
     assert ref[-1] < ref[0]  # three optimizer steps on one batch lower its loss
     assert row.endswith("max relative difference 0.0e+00: PASS |")
     assert open(tmp_path / "gpu_check.md").read().strip() == run.stdout.strip()
+
+
+def test_peak_account_groups_the_buffers_live_at_the_peak(tmp_path):
+    """benchmarks/peak_account.py on a two-file dump in XLA's formats."""
+    prefix = tmp_path / "module_0001.jit_train_step.sm_9.0a_gpu_after_optimizations"
+    (tmp_path / (prefix.name + "-live-range.txt")).write_text(
+        "HloLiveRange (max 9):\n  Live ranges at 7 (peak):\n"
+        "    param.1{}: 1073741824 bytes (cumulative: 1073741824 bytes)\n"
+        "    param.2{}: 536870912 bytes (cumulative: 1610612736 bytes)\n"
+        "    fusion.3.remat2{}: 268435456 bytes (cumulative: 1879048192 bytes)\n"
+        "    add.4{}: 268435456 bytes (cumulative: 2147483648 bytes)\n"
+        "  Stack trace breakdown for peak usage: 2147483648 bytes\n")
+    (tmp_path / (prefix.name + ".txt")).write_text(
+        '  %param.1 = f32[256,1024,1024]{2,1,0} parameter(0), metadata={op_name="state.params'
+        "['w']\"}\n"
+        '  %param.2 = f32[128,1024,1024]{2,1,0} parameter(1), metadata={op_name="state.'
+        "opt_state[1][0].mu['w']\"}\n"
+        "  %fusion.3.remat2 = f32[64,1024,1024]{2,1,0} fusion(%param.1), kind=kLoop\n"
+        '  %add.4 = f32[64,1024,1024]{2,1,0} add(%fusion.3.remat2, %fusion.3.remat2), '
+        'metadata={op_name="jit(train_step)/closed_call/layers_0/mlp/add"}\n')
+    total, rows = benchmark_module("peak_account").account(str(tmp_path))
+    assert total == 2**31
+    assert [(what, size, count) for what, size, count, _ in rows] == [
+        ("argument: parameters (fp32)", 2**30, 1),
+        ("argument: optimizer state mu", 2**29, 1),
+        ("fusion (no op_name: rematerialised fusion)", 2**28, 1),
+        ("layers_0/mlp/add", 2**28, 1)]

@@ -145,7 +145,8 @@ def make_update(c: ml_collections.ConfigDict, trainer):
     else:
         mode = experiment.rl_settings(c)["loss_mode"]
         update = functools.partial(_opd_update, mode=mode, **common)
-    return jax.jit(update, donate_argnums=0)
+    return jax.jit(update, donate_argnums=0,
+                   compiler_options=experiment.xla_options(c) or None)
 
 
 def batch_shardings(trainer) -> dict[int, NamedSharding]:

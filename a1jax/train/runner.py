@@ -168,7 +168,8 @@ def build(plan: Plan, devices=None) -> Trainer:
         devices = jax.devices()[:c.mesh.num_devices]
     return build_trainer(plan.model_config, experiment.optim_config(c), plan.spec,
                          batch=c.batch_size, seq=c.seq_len, microbatches=c.microbatches,
-                         z_loss_coef=c.z_loss_coef, devices=devices)
+                         z_loss_coef=c.z_loss_coef, devices=devices,
+                         compiler_options=experiment.xla_options(c))
 
 
 class _Preemption:

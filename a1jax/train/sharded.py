@@ -173,9 +173,11 @@ def release_host_memory() -> None:
 
 def build_trainer(model_config: ModelConfig, optim_config: OptimConfig, spec: MeshSpec, *,
                   batch: int, seq: int, microbatches: int = 1, z_loss_coef: float = 0.0,
-                  devices: Sequence[Any] | None = None) -> Trainer:
+                  devices: Sequence[Any] | None = None,
+                  compiler_options: dict[str, Any] | None = None) -> Trainer:
     """Validates the layout against the model and batch (clear errors before any compile), then
-    jits init and step with explicit shardings."""
+    jits init and step with explicit shardings (the step with `compiler_options`: XLA options
+    for its compile alone)."""
     boxed = jax.eval_shape(functools.partial(init_params, model_config=model_config),
                            jax.random.key(0))
     validate_layout(spec, boxed, num_experts=model_config.num_experts,
@@ -197,7 +199,7 @@ def build_trainer(model_config: ModelConfig, optim_config: OptimConfig, spec: Me
                           schedule=optim_config.schedule(), microbatches=microbatches,
                           z_loss_coef=z_loss_coef),
         in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, replicated),
-        donate_argnums=0)
+        donate_argnums=0, compiler_options=compiler_options or None)
     evaluate = jax.jit(functools.partial(eval_step, model_config=model_config),
                        in_shardings=(p_shard, batch_sharding), out_shardings=replicated)
     return Trainer(mesh, spec, model_config, state_sharding, batch_sharding, init, from_params,
