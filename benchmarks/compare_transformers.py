@@ -37,7 +37,7 @@ class Run:
 def parse_a1jax(out: str) -> Run:
     """The run's figures from benchmarks/train_step.py's output (its last line, and the peak RSS
     on the line before it)."""
-    last = re.search(r"^a1jax tokens_per_s=(\d+) mfu=[\d.]+ first_loss=(\S+)$", out, re.M)
+    last = re.search(r"^a1jax tokens_per_s=(\d+) mfu=[\d.]+ first_loss=(\S+)", out, re.M)
     peak = re.search(r"peak RSS ([\d.]+) GiB", out)
     if last is None or peak is None:
         raise ValueError(f"no a1jax result in its output:\n{out[-2000:]}")

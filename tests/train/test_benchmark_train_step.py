@@ -30,8 +30,9 @@ def state_mib(out: str) -> float:
 
 def first_loss(out: str) -> float:
     last = out.strip().splitlines()[-1]
-    assert re.fullmatch(r"a1jax tokens_per_s=\d+ mfu=[\d.]+ first_loss=[\d.]+", last), last
-    return float(last.rpartition("first_loss=")[2])
+    assert re.fullmatch(r"a1jax tokens_per_s=\d+ mfu=[\d.]+ first_loss=([\d.]+) "
+                        r"losses=\1(,[\d.]+)+ peak_bytes=\d+", last), last
+    return float(re.search(r"first_loss=([\d.]+)", last).group(1))
 
 
 def test_rules_replicate_the_state_and_leave_the_loss():
