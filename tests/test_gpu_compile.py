@@ -136,6 +136,37 @@ def test_the_moe_layer_on_a_gpu_has_no_token_by_expert_buffer(h100x8):
                                                                          8))
 
 
+def mosaic_flops(hlo: str) -> float:
+    """FLOPs the Mosaic kernels in an HLO module compute, from their operand shapes and the
+    tiles a1jax.model.ragged gives them: ragged_dot runs cdiv(rows, 128) + groups - 1 row tiles
+    of 128 (a partial tile at each group boundary); transposed_ragged_dot each group's rows in
+    whole 64-row blocks."""
+    total = 0.0
+    for line in hlo.splitlines():
+        if 'custom_call_target="mosaic_gpu' not in line:
+            continue
+        found = re.search(r"operand_layout_constraints=\{((?:[^{}]|\{[^{}]*\})*)\}", line)
+        shapes = [[int(x) for x in d.split(",")] for d in
+                  re.findall(r"\w+\[([\d,]+)\]", found.group(1))]
+        out = [int(x) for x in re.search(r"= \w+\[([\d,]+)\]", line).group(1).split(",")]
+        if len(shapes) == 3:  # ragged_dot: sizes [g], lhs [m, k], rhs [g, ., .]; out [m, n]
+            (g,), (m, k), n = shapes[0], shapes[1], out[1]
+            total += 2.0 * ((-(-m // ragged._BLOCK)) + g - 1) * ragged._BLOCK * k * n
+        else:  # transposed: 5 x [g], lhs [r, m], rhs [r, n]; out [g, m, n]
+            (r, m), n, g = shapes[5], out[2], out[0]
+            total += 2.0 * (-(-r // ragged.TILE) + 2 * g) * ragged.TILE * m * n
+    return total
+
+
+def test_the_mosaic_kernels_cost_the_routed_flops(h100x8):
+    """Forward and backward of the experts' SwiGLU (six products of d x f per routed row):
+    what the compiled program's kernels compute is within 1.3x of that."""
+    t, k, d, f = 8192, 2, 64, 64
+    flops = mosaic_flops(compile_moe_layer(h100x8, "auto", t=t, k=k, d=d, f=f))
+    routed = 3 * 2.0 * t * k * (2 * d * f + f * d)  # (gate|up, down) x (fwd, dx, dw)
+    assert 1.0 <= flops / routed <= 1.3, flops / routed
+
+
 def test_the_mosaic_path_equals_the_block_loop_off_a_gpu():
     """The Mosaic path's own code (padding f to whole tiles, the side-by-side gate/up product,
     masking rows past the groups, the custom backward) with XLA's ragged products in place of
