@@ -101,7 +101,8 @@ def test_stage_files_validate_at_35b_on_8_devices(stage, tmp_path):
 def test_xla_options_reach_the_compile_and_bad_ones_are_refused(tmp_path):
     config = curriculum.load_experiment(curriculum.stage_file(curriculum.STAGES[0]),
                                         "model=tiny,smoke=True")
-    config.xla_options = "xla_cpu_enable_fast_math=true, xla_gpu_all_reduce_combine_threshold_bytes=8"
+    config.xla_options = ("xla_cpu_enable_fast_math=true, "
+                          "xla_gpu_all_reduce_combine_threshold_bytes=8")
     assert experiment.xla_options(config) == {"xla_cpu_enable_fast_math": True,
                                               "xla_gpu_all_reduce_combine_threshold_bytes": 8}
     config.xla_options = "fast_math=true"

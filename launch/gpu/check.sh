@@ -18,7 +18,8 @@ for arg in "$@"; do
 done
 cpu_only=0
 for arg in "$@"; do [[ "$arg" == "cpu" || "$arg" == "--device-platform=cpu" ]] && cpu_only=1; done
-if [[ "$cpu_only" == 0 ]] && ! (command -v nvidia-smi > /dev/null && nvidia-smi -L | grep -q '^GPU'); then
+if [[ "$cpu_only" == 0 ]] \
+    && ! (command -v nvidia-smi > /dev/null && nvidia-smi -L | grep -q '^GPU'); then
   echo "error: no NVIDIA GPU visible (nvidia-smi -L); --device-platform cpu checks without one" >&2
   exit 2
 fi
