@@ -42,8 +42,11 @@ def cpu_when_no_gpu() -> bool:
     unsure whether to simulate CPU devices. Returns whether it did."""
     if os.environ.get("JAX_PLATFORMS", "").strip() or os.path.exists("/dev/nvidiactl"):
         return False
-    if not any(importlib.util.find_spec(name) is not None
-               for name in ("jax_plugins.xla_cuda12", "jax_cuda12_plugin")):
+    try:  # a submodule's find_spec imports its package, and raises when that is missing
+        found = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+    except ImportError:
+        found = False
+    if not found:
         return False
     os.environ["JAX_PLATFORMS"] = "cpu"
     return True

@@ -112,7 +112,10 @@ def target_config(name: str) -> str:
 
 def plugin_installed() -> bool:
     import importlib.util
-    return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+    try:  # a submodule's find_spec imports its package, and raises when that is missing
+        return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+    except ImportError:
+        return False
 
 
 def gpu_aot_python() -> str | None:

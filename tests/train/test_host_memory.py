@@ -60,9 +60,10 @@ def test_cpu_backend_expected_follows_jax_platforms(monkeypatch, platforms, expe
 def test_a_cuda_plugin_without_a_gpu_means_the_cpu(monkeypatch):
     """The gpu-aot extra installs the CUDA plugin on CPU machines: a1jax then asks JAX for the
     CPU, unless JAX_PLATFORMS says otherwise or an NVIDIA device is there."""
-    import importlib.util
     import os
-    have = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+
+    from a1jax import targets
+    have = targets.plugin_installed()
     gpu = os.path.exists("/dev/nvidiactl")
     monkeypatch.setenv("JAX_PLATFORMS", "cuda")
     assert host_memory.cpu_when_no_gpu() is False and os.environ["JAX_PLATFORMS"] == "cuda"
