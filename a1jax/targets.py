@@ -39,12 +39,22 @@ _TC = "1.8295201"  # tensor-core clock, GHz
 _HOPPER_MATRIX = ((S8, _TC, 4, 1024), (U8, _TC, 4, 1024), (F16, _TC, 4, 512),
                   (F32, _TC, 4, 256), (F64, "1.98", 4, 32), (BF16, _TC, 4, 512),
                   *((key, _TC, 4, 1024) for key in (19, 20, 23, 24, 25, 28, 29, 33, 35, 36)))
-_HOPPER = {
-    "threads_per_block_limit": 1024, "threads_per_warp": 32, "shared_memory_per_block": 49152,
-    "shared_memory_per_core": 233472, "threads_per_core_limit": 2048, "core_count": 132,
-    "fpus_per_core": 128, "block_dim_limit_x": 2147483647, "block_dim_limit_y": 65535,
+_HOPPER = {  # the proto's field names; per SM ("core") unless said
+    "threads_per_block_limit": 1024,  # CUDA's per-block thread limit
+    "threads_per_warp": 32,
+    "shared_memory_per_block": 49152,  # bytes a block gets without opting in (48 KiB)
+    "shared_memory_per_core": 233472,  # bytes of shared memory per SM (228 KiB)
+    "threads_per_core_limit": 2048,  # resident threads per SM
+    "core_count": 132,  # SMs on an H100 SXM / H200
+    "fpus_per_core": 128,  # fp32 lanes per SM
+    "block_dim_limit_x": 2147483647,  # grid dimension limits
+    "block_dim_limit_y": 65535,
     "block_dim_limit_z": 65535,
 }
+# Then, in target_config's text: memory bandwidth (bytes/s) and size, the 50 MiB L2, the SM
+# clock, 227 KiB of opt-in shared memory per block, compute capability 9.0a, 64K registers per
+# SM and per block, the rate tables above, thread-dimension limits, the CUDA / cuDNN / CUB
+# versions XLA's spec was written with, and 18 NVLink links.
 
 
 @dataclasses.dataclass(frozen=True)
