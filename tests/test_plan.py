@@ -128,6 +128,16 @@ def test_cli_errors_before_compiling(tmp_path):
     bad = run("--devices", "8", "--layouts", "fsdp,nope")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: unknown layout 'nope'")
+    # the GPU backend (the default) without the CUDA plugin: says where to get it
+    gpu = subprocess.run([sys.executable, "-m", "a1jax.plan", "--config",
+                          f"{STAGE1}:model=tiny,smoke=True", "--layouts", "fsdp"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, A1JAX_GPU_AOT_VENV="/nonexistent"))
+    if not plan.targets.plugin_installed():
+        assert gpu.returncode == 2
+        assert gpu.stderr.strip().splitlines()[-1].startswith(
+            "error: cannot compile for h200-141gb here: ")
+        assert "launch/setup_gpu_aot.sh makes .venv-gpu-aot" in gpu.stderr
     odd = run("--devices", "6", "--layouts", "data_expert_sequence")
     assert odd.returncode == 2
     assert "cannot run: mesh axes" in odd.stdout and "cannot fill 6 devices" in odd.stdout
