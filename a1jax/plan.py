@@ -389,7 +389,7 @@ def write_csv(path: str, rows: Sequence[Row], capacity: int, headroom: float) ->
 
 
 def write_chart(path: str, rows: Sequence[Row], capacity: int, headroom: float,
-                target: str) -> None:
+                target: str, compiler: str = "XLA:CPU") -> None:
     """Per layout, a bar of parameters + optimizer state + everything else at peak, against the
     target's memory and its usable share."""
     import matplotlib
@@ -412,7 +412,7 @@ def write_chart(path: str, rows: Sequence[Row], capacity: int, headroom: float,
     ax.set_ylabel("GiB per device")
     ax.set_yscale("symlog", linthresh=100)
     ax.legend(fontsize=8)
-    ax.set_title("compiled train step per device")
+    ax.set_title(f"compiled train step per device ({compiler})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -530,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.makedirs(args.out, exist_ok=True)
         write_csv(os.path.join(args.out, "plan.csv"), rows, capacity, args.headroom)
         write_chart(os.path.join(args.out, "plan.png"), rows, capacity, args.headroom,
-                    args.target)
+                    args.target, "XLA:GPU" if gpus else "XLA:CPU")
         with open(os.path.join(args.out, "plan.md"), "w") as f:
             f.write("\n".join(lines + [""] + notes) + "\n")
     return 0 if any(not r.error for r in rows) else 2
