@@ -147,7 +147,9 @@ def base() -> ml_collections.ConfigDict:
     c.distill.teachers = ""  # "kb_search=DIR,calculator=DIR,files=DIR", or "*=DIR" for all
     c.distill.top_k = 64  # the paper does not state k
     # renormalised (the paper) | tail_bin (top-k plus one bin for the rest) | full_vocab (the
-    # exact reverse KL: the teacher's whole distribution, [batch, time, vocabulary] of it)
+    # exact reverse KL: the teacher's whole distribution, [batch, time, vocabulary] of it) |
+    # sampled_token (the single-sample reverse-KL estimator: the teacher's log-probability of
+    # the token the student sampled; top_k is not used)
     c.distill.mode = "renormalised"
     c.distill.resident = True  # every teacher kept loaded; False: load, score, drop per step
 
@@ -370,7 +372,7 @@ def rl_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
     teachers: dict[str, str] = {}
     if r.algorithm == "opd":
         vocab = model_config(c).vocab_size
-        if d.mode != "full_vocab" and not 1 <= d.top_k <= vocab:
+        if d.mode in ("renormalised", "tail_bin") and not 1 <= d.top_k <= vocab:
             raise ExperimentError(f"distill.top_k must be in [1, {vocab}] (the vocabulary), got "
                                   f"{d.top_k}")
         given = dict(_pairs(d.teachers, "distill.teachers"))
@@ -385,7 +387,7 @@ def rl_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
                                       f"(\"{domain}=DIR,...\" or \"*=DIR\")")
             teachers[domain] = path
     # full_vocab: the paper's renormalised form over every token is the exact reverse KL.
-    top_k = model_config(c).vocab_size if d.mode == "full_vocab" else d.top_k
+    top_k = {"full_vocab": model_config(c).vocab_size, "sampled_token": 1}.get(d.mode, d.top_k)
     return {"algorithm": r.algorithm, "domains": domains, "group_size": group,
             "prompts": c.batch_size // group, "teachers": teachers,
             "horizons": (r.horizon_min, r.horizon_max), "top_k": top_k,

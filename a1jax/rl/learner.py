@@ -204,6 +204,9 @@ class Learner:
         if self.algorithm == "grpo":
             self.reward = reward_function(c)
             self._logprobs = jax.jit(functools.partial(token_logprobs, model_config=config))
+        elif settings["loss_mode"] == "sampled_token":  # the teacher's view of the sample
+            self._topk = jax.jit(lambda p, b: (b["targets"][..., None], token_logprobs(
+                p, b, model_config=config)[..., None]))
         else:
             self._topk = jax.jit(functools.partial(teacher_topk, model_config=config,
                                                    k=settings["top_k"]))
@@ -271,11 +274,12 @@ class Learner:
         else:
             domains_b = np.array([DOMAIN_IDS[ep.task.domain] for ep in episodes], np.int32)
             host["domains"] = domains_b
-            del host["sampler_logprobs"], host["targets"]
+            del host["sampler_logprobs"]
             batch = self.put(host)
             with self.trainer.context():
                 batch["teacher_ids"], batch["teacher_logprobs"] = route_topk(
                     lambda d: self._topk(self.teacher(d), batch), domains_b)
+            del batch["targets"]  # the update reads the tokens (and teacher_ids)
         return batch, stats
 
     def update(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:

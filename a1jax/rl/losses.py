@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from a1jax.errors import A1Error
 
-SVA_MODES = ("renormalised", "tail_bin")
+SVA_MODES = ("renormalised", "tail_bin", "sampled_token")
 
 
 def sva_token_weights(mask_bt: jax.Array, domains_b: jax.Array) -> jax.Array:
@@ -47,8 +47,12 @@ def sva_token_losses(student_logits_btv: jax.Array, teacher_ids_btk: jax.Array,
 
     `renormalised` (the paper): both distributions restricted to the teacher's top-k set S and
     renormalised there, KL(p̄_s || p̄_t) over S. `tail_bin`: S plus one bin for the rest of the
-    vocabulary, unnormalised. The student's log-probabilities are gathered at S; only the
-    student's own log-normaliser needs its full row."""
+    vocabulary, unnormalised. `sampled_token`: the single-sample estimator of the full reverse
+    KL: S is the one token the student sampled (k = 1, the teacher's log-probability of it), the
+    value is log p_s(y) - log p_t(y) and the gradient that value times the gradient of
+    log p_s(y) (the score-function gradient; over y ~ p_s it averages to the gradient of
+    KL(p_s || p_t) over the whole vocabulary). The student's log-probabilities are gathered at
+    S; only the student's own log-normaliser needs its full row."""
     if mode not in SVA_MODES:
         raise A1Error(f"SVA mode must be one of {', '.join(SVA_MODES)}, got {mode!r}")
     dtype = jnp.promote_types(student_logits_btv.dtype, jnp.float32)  # bf16 in, fp32 math
@@ -62,6 +66,13 @@ def sva_token_losses(student_logits_btv: jax.Array, teacher_ids_btk: jax.Array,
         qs_btk = ls_btk - jax.nn.logsumexp(ls_btk, axis=-1, keepdims=True)
         qt_btk = lt_btk - jax.nn.logsumexp(lt_btk, axis=-1, keepdims=True)
         kl_bt = jnp.sum(jnp.exp(qs_btk) * (qs_btk - qt_btk), axis=-1)
+    elif mode == "sampled_token":
+        if ls_btk.shape[-1] != 1:
+            raise A1Error(f"sampled_token takes the sampled token alone (k = 1), got k = "
+                          f"{ls_btk.shape[-1]}")
+        ls_bt, estimate_bt = ls_btk[..., 0], jax.lax.stop_gradient(ls_btk - lt_btk)[..., 0]
+        # value: the estimate; gradient: estimate * d log p_s(y)
+        kl_bt = estimate_bt + (ls_bt - jax.lax.stop_gradient(ls_bt)) * estimate_bt
     else:  # tail_bin: the mass outside S as one more outcome
         tail_s = jnp.log1p(-jnp.minimum(coverage_bt, 1 - 1e-7))
         tail_t = jnp.log1p(-jnp.minimum(teacher_mass_bt, 1 - 1e-7))

@@ -178,6 +178,24 @@ def test_opd_from_itself_is_zero_and_update_moves_toward_teacher(grpo_run, opd_r
     assert r[2]["sva_loss"] == pytest.approx(before, rel=1e-4)  # what the learner saw
 
 
+def test_opd_with_the_sampled_token_estimator(grpo_run, tmp_path):
+    """distill.mode=sampled_token through the learner: the teacher scores the tokens the student
+    sampled; a teacher equal to the student gives 0, another a positive estimate."""
+    for teacher_is_student in (True, False):
+        workdir = str(tmp_path / f"same={teacher_is_student}")
+        start = (f"init_from={grpo_run}",) if teacher_is_student else ()
+        sets = OPD_SETS + ("steps=1", "distill.mode=sampled_token",
+                           f"distill.teachers=*={grpo_run}") + start
+        runner.run(config(OPD, *sets), workdir, **quiet)
+        first = train_records(workdir)[1]
+        if teacher_is_student:
+            assert first["reverse_kl"] == pytest.approx(0.0, abs=1e-6)
+            assert first["coverage"] == pytest.approx(first["teacher_mass"], rel=1e-5)
+        else:  # a random student against the (4 steps) trained model: about 0.1
+            assert first["reverse_kl"] > 0.01 and first["sva_loss"] > 0.01
+            assert 0 < first["coverage"] < 1 and 0 < first["teacher_mass"] < 1
+
+
 def test_route_topk_one_teacher_equals_single_teacher():
     domains = np.array([2, 0, 1, 0, 2], np.int32)
     rng = np.random.default_rng(0)

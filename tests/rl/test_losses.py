@@ -117,6 +117,42 @@ def test_the_whole_vocabulary_as_the_set_is_the_exact_reverse_kl():
     np.testing.assert_allclose(np.asarray(stats["coverage"]), 1.0, rtol=1e-6)
 
 
+def test_the_sampled_token_estimator_averages_to_the_exact_reverse_kl_and_its_gradient():
+    """distill.mode=sampled_token: per token, log p_s(y) - log p_t(y) for the sampled y, with
+    the gradient (log p_s(y) - log p_t(y)) d log p_s(y). Weighted by p_s(y) over every y, the
+    value is KL(p_s || p_t) and the gradient is the gradient of KL(p_s || p_t), exactly."""
+    from a1jax.rl import sva_token_losses
+
+    rng = np.random.RandomState(4)
+    student, teacher = rng.randn(2, 3, V) * 2, rng.randn(2, 3, V) * 2
+    log_softmax = lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True))  # noqa: E731
+    ls, lt = log_softmax(student), log_softmax(teacher)
+    p = np.exp(ls)
+    exact = (p * (ls - lt)).sum(-1)
+
+    def per_token(s, y):
+        kl, _ = sva_token_losses(s, jnp.full((2, 3, 1), y), jnp.asarray(lt[..., y:y + 1],
+                                                                          jnp.float32),
+                                 mode="sampled_token")
+        return kl
+
+    s = jnp.asarray(student, jnp.float32)
+    value = sum(p[..., y] * np.asarray(per_token(s, y)) for y in range(V))
+    np.testing.assert_allclose(value, exact, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(per_token(s, 7)), ls[..., 7] - lt[..., 7], rtol=1e-5)
+    # Gradient of sum_bt c_bt KL_bt with random c: the p_s-weighted per-sample gradients.
+    c = rng.rand(2, 3)
+    weighted = lambda x, y: jnp.sum(jnp.asarray(c, jnp.float32) * per_token(x, y))  # noqa: E731
+    grad = sum(p[..., y, None] * np.asarray(jax.grad(weighted)(s, y)) for y in range(V))
+    # d KL(p || q) / d z_u = p_u (log p_u - log q_u - KL)
+    want = c[..., None] * p * (ls - lt - exact[..., None])
+    np.testing.assert_allclose(grad, want, rtol=2e-4, atol=1e-6)
+    with pytest.raises(A1Error, match="^sampled_token takes the sampled token alone "
+                       r"\(k = 1\), got k = 2$"):
+        sva_token_losses(s, jnp.zeros((2, 3, 2), jnp.int32), jnp.zeros((2, 3, 2)),
+                         mode="sampled_token")
+
+
 def test_domain_weights_and_edge_cases():
     mask = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]], np.float32)
     domains = np.array([0, 0, 1, 2])
