@@ -53,8 +53,9 @@ def latest_step_dir(root: str | os.PathLike) -> Path | None:
 
 def resolve_step_dir(path: str | os.PathLike) -> Path:
     """A step directory from a step directory, a checkpoint root (its latest step), or a run
-    workdir (its `checkpoints/` root). Raises CheckpointError otherwise."""
-    path = Path(path)
+    workdir (its `checkpoints/` root). Raises CheckpointError otherwise. The result is absolute
+    (Orbax refuses relative paths)."""
+    path = Path(path).absolute()
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such directory")
     if (path / PARAMS).is_dir():

@@ -1,6 +1,7 @@
 r"""`python -m a1jax.convert from-hf`: sharded Orbax checkpoints read straight from safetensors."""
 
 import functools
+import os
 
 import jax
 import numpy as np
@@ -99,7 +100,7 @@ def test_vision_language_and_per_expert_layouts(tmp_path):
         np.testing.assert_array_equal(restored[k], v, err_msg=str(k))
 
 
-def test_resolve_step_dir_forms(tmp_path):
+def test_resolve_step_dir_forms(tmp_path, monkeypatch):
     params = random_params(TINY)
     root = tmp_path / "run" / "checkpoints"
     for step in (5, 10):
@@ -110,3 +111,10 @@ def test_resolve_step_dir_forms(tmp_path):
     assert orbax_io.resolve_step_dir(root / "5") == root / "5"
     with pytest.raises(orbax_io.CheckpointError, match="not an a1jax checkpoint"):
         orbax_io.resolve_step_dir(tmp_path)
+    # A path relative to the working directory (`a1jax.eval --model runs/x`): Orbax reads
+    # only absolute ones.
+    monkeypatch.chdir(tmp_path)
+    step = orbax_io.resolve_step_dir(os.path.join("run", "checkpoints"))
+    assert step == root / "10"
+    restored = dict(orbax_io.iter_params(step))
+    np.testing.assert_array_equal(restored[("embed_tokens",)], params["embed_tokens"])
