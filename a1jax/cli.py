@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -22,6 +23,14 @@ def run(main: Callable[[Sequence[str] | None], int | None],
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(status or 0)
+
+
+def write_json(path: str, value: Any, indent: int | None = 1) -> None:
+    """`value` as JSON at `path`, whole or not at all: written beside it and renamed, so a kill
+    mid-write leaves the previous file (or none), never half of one."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=indent)
+    os.replace(path + ".tmp", path)
 
 
 def read_json(path: str) -> Any:

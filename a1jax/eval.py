@@ -125,6 +125,31 @@ def success_during_training(engine, tokenizer, settings: dict[str, Any], seed: i
     return out
 
 
+def read_episodes(path: str) -> list[dict[str, Any]]:
+    """The records of an episodes.jsonl written as episodes ended (none if it does not exist).
+    A last line cut short by a kill is dropped from the file: that episode runs again."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    records = []
+    for k, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if k < len(lines) - 1:
+                raise A1Error(f"{path}: line {k + 1} is not JSON") from None
+            print(f"{path}: its last line was cut short (an interrupted write); dropped")
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.writelines(lines[:-1])
+            os.replace(path + ".tmp", path)
+            return records
+    if lines and not lines[-1].endswith("\n"):  # whole, but cut before its newline
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("\n")
+    return records
+
+
 def _ints(text: str, flag: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
@@ -215,10 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     renderer = Renderer(tokenizer, template_for(tokenizer))
 
     path = os.path.join(args.out, "episodes.jsonl")
-    records = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
+    records = read_episodes(path)
     have = {r["id"] for r in records}
     todo = {run: [t for d in domains for h in horizons for i in range(args.n)
                   if f"{(t := make_task(d, h, eval_seed(args.seed), i)).id}-run{run}" not in have]
@@ -270,11 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = (f"Success of {who} on "
               f"held-out tasks (task seed {eval_seed(args.seed)}), {args.n} tasks x {args.runs} "
               f"run(s) per cell; {took:.0f} s.")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"model": args.model, "replay": args.replay, "endpoint": args.endpoint,
-                   "served_model": served["id"] if args.endpoint else None, "seed": args.seed,
-                   "task_seed": eval_seed(args.seed), "runs": args.runs, "n": args.n,
-                   "budgets": vars(budgets), "wall_time_s": took, "rows": rows}, f, indent=1)
+    cli.write_json(os.path.join(args.out, "results.json"), {
+        "model": args.model, "replay": args.replay, "endpoint": args.endpoint,
+        "served_model": served["id"] if args.endpoint else None, "seed": args.seed,
+        "task_seed": eval_seed(args.seed), "runs": args.runs, "n": args.n,
+        "budgets": vars(budgets), "wall_time_s": took, "rows": rows})
     table = markdown(rows, args.runs, header)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(table)

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from a1jax import experiment
+from a1jax import cli, experiment
 from a1jax.agent.environment import make_task
 from a1jax.agent.episode import Budgets, EnginePolicy, Episode, Renderer, run_episodes
 from a1jax.errors import A1Error
@@ -436,6 +436,5 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
                "workdir": workdir, "checkpoint": os.path.join(checkpoints.root, str(step)),
                "fingerprint": meta["fingerprint"]}
     if status == "finished":
-        with open(summary_path, "w") as f:
-            json.dump(summary, f, indent=2)
+        cli.write_json(summary_path, summary, indent=2)
     return summary

@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from a1jax import experiment
+from a1jax import cli, experiment
 from a1jax.convert import hf_load
 from a1jax.data.tokenizer import TrajectoryEncoder, load_tokenizer
 from a1jax.errors import A1Error
@@ -405,6 +405,5 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
                "checkpoint": os.path.join(checkpoints.root, str(step)),
                "fingerprint": meta["fingerprint"]}
     if status == "finished" and jax.process_index() == 0:
-        with open(summary_path, "w") as f:
-            json.dump(summary, f, indent=2)
+        cli.write_json(summary_path, summary, indent=2)
     return summary

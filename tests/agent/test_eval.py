@@ -7,6 +7,7 @@ import pytest
 
 from a1jax import eval as evaluate
 from a1jax import experiment
+from a1jax.errors import A1Error
 from a1jax.data import synth
 from a1jax.data.tokenizer import SHIPPED_TOKENIZER_DIR, load_tokenizer
 from a1jax.model import get_preset
@@ -45,6 +46,21 @@ def test_replay_scores_everything_writes_three_files_and_resumes(tmp_path, capsy
     assert evaluate.main(argv) == 0  # nothing left to run
     assert "resuming: 24 episodes already in" in capsys.readouterr().out
     assert len((tmp_path / "episodes.jsonl").read_text().splitlines()) == 24
+    # Killed mid-write: the last record cut short. It is dropped and its episode runs again.
+    path = tmp_path / "episodes.jsonl"
+    path.write_text("\n".join(records[:23]) + "\n" + records[23][:40])
+    assert evaluate.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "its last line was cut short (an interrupted write); dropped" in out
+    assert "resuming: 23 episodes already in" in out
+    assert sorted(path.read_text().splitlines()) == sorted(records)
+    # Whole, but killed before its newline: the next record still starts on a line of its own.
+    path.write_text("\n".join(records[:23]))
+    assert evaluate.main(argv) == 0
+    assert sorted(path.read_text().splitlines()) == sorted(records)
+    path.write_text("\n".join(records[:5] + ["{cut", records[6]]) + "\n")
+    with pytest.raises(A1Error, match=r"episodes.jsonl: line 6 is not JSON$"):
+        evaluate.main(argv)
 
 
 def test_a_random_model_solves_nothing(tmp_path):
