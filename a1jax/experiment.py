@@ -367,6 +367,10 @@ def rl_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
     if r.temperature <= 0:
         raise ExperimentError(f"rl.temperature must be > 0 (on-policy samples), got "
                               f"{r.temperature}")
+    if r.algorithm == "opd" and d.mode == "sampled_token" and r.temperature != 1.0:
+        raise ExperimentError(f"distill.mode=sampled_token estimates the reverse KL from the "
+                              f"student's own samples: rl.temperature must be 1.0, got "
+                              f"{r.temperature}")
     if r.reward and ":" not in r.reward:
         raise ExperimentError(f"rl.reward: {r.reward!r} is not 'package.module:function'")
     teachers: dict[str, str] = {}

@@ -237,6 +237,10 @@ def test_errors_before_compiling(grpo_run, tmp_path):
          '"*=DIR")'),
         (OPD, ("requires_init=False", "distill.teachers=*=x", "distill.top_k=5000"),
          "distill.top_k must be in [1, 4096] (the vocabulary), got 5000"),
+        (OPD, ("requires_init=False", "distill.teachers=*=x", "distill.mode=sampled_token",
+               "rl.temperature=0.7"),
+         "distill.mode=sampled_token estimates the reverse KL from the student's own samples: "
+         "rl.temperature must be 1.0, got 0.7"),
         (OPD, ("requires_init=False", f"distill.teachers=kb_search={grpo_run},calculator=x"),
          "domain files has no teacher: set distill.teachers (\"files=DIR,...\" or \"*=DIR\")"),
         (OPD, ("requires_init=False", f"distill.teachers=*={grpo_run}"),
