@@ -109,27 +109,49 @@ def eval_dir(workdir: str, condition: str, seed: int, horizon: int) -> str:
     return os.path.join(workdir, "eval", condition, f"seed-{seed}", f"h{horizon}")
 
 
+def configs_digest(settings: dict[str, Any]) -> str:
+    """A digest of every training config of the study and of the evaluation's budgets: an
+    edit of experiments/horizon/study.py (a learning rate, a schedule) changes it."""
+    import hashlib
+
+    configs = []
+    for cond in settings["conditions"]:
+        for seed in settings["seeds"]:
+            for c in cell_configs(cond, seed, settings, ""):
+                configs.append(json.loads(c.to_json()))
+    evaluation = {"max_context": MAX_CONTEXT, "max_turn_tokens": MAX_TURN_TOKENS,
+                  "max_turns": [max_turns(h) for h in settings["eval_horizons"]]}
+    text = json.dumps([configs, evaluation], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _claim_settings(workdir: str, settings: dict[str, Any]) -> None:
+    """Records the study's settings in WORKDIR/study.json, or checks them against the ones
+    there: a study resumes only with the settings it was started with. A setting the file does
+    not have (written before a1jax recorded it) is added."""
+    settings = dict(settings, configs=configs_digest(settings))
     path = os.path.join(workdir, "study.json")
     if os.path.exists(path):
         with open(path) as f:
             before = json.load(f)
-        changed = sorted(k for k in set(before) | set(settings)
-                         if before.get(k) != settings.get(k))
+        changed = sorted(k for k in before if before[k] != settings.get(k))
         if changed:
             k = changed[0]
-            raise A1Error(f"{workdir} holds a study with {k}={before.get(k)!r}, not "
-                          f"{settings.get(k)!r}: use another --workdir or the same settings")
+            what = ("experiments/horizon/study.py's training configs or the evaluation budgets"
+                    if k == "configs" else f"{k}={before[k]!r}, not {settings.get(k)!r}")
+            raise A1Error(f"{workdir} holds a study with other settings ({what}): use another "
+                          "--workdir or the same settings")
+        if set(settings) - set(before):
+            cli.write_json(path, settings)
         return
     os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(settings, f, indent=1)
-    os.replace(path + ".tmp", path)
+    cli.write_json(path, settings)
 
 
 class Clock:
-    """Seconds spent on each finished piece of work, kept in WORKDIR/timings.json so that the
-    study's total survives interruptions."""
+    """Seconds spent on each piece of work that finished in one go, kept in
+    WORKDIR/timings.json so that the total survives interruptions (a piece interrupted and
+    resumed counts from its resumption)."""
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, "timings.json")
@@ -140,9 +162,7 @@ class Clock:
 
     def add(self, key: str, seconds: float) -> None:
         self.spent[key] = self.spent.get(key, 0.0) + seconds
-        with open(self.path + ".tmp", "w") as f:
-            json.dump(self.spent, f, indent=1)
-        os.replace(self.path + ".tmp", self.path)
+        cli.write_json(self.path, self.spent)
 
     def total(self) -> float:
         return sum(self.spent.values())
@@ -177,25 +197,49 @@ def run_cells(workdir: str, settings: dict[str, Any]) -> Clock:
             where = part_dir(workdir, cond, seed, k)
             print(f"\n== [{n}/{len(cells)}] {cond}, seed {seed}, part {k + 1} of {len(parts)} "
                   f"(horizons {c.data.horizon_min}-{c.data.horizon_max}): {where}", flush=True)
+            if k:
+                _check_source(where, part_dir(workdir, cond, seed, k - 1))
             start = time.perf_counter()
             summary = runner.run(c, where)
             if summary["status"] == "preempted":
-                raise A1Error(f"{cond} seed {seed} stopped at step {summary['steps']} "
-                              "(checkpoint written); rerun the same command to resume")
+                raise A1Error(f"{cond} seed {seed} part {k + 1} stopped at step "
+                              f"{summary['steps']} (checkpoint written); rerun the same command "
+                              "to resume")
             if summary["status"] != "already finished":
                 clock.add(f"train/{cond}/seed-{seed}/part-{k}", time.perf_counter() - start)
         final = part_dir(workdir, cond, seed, len(parts) - 1)
         for horizon in settings["eval_horizons"]:
             out = eval_dir(workdir, cond, seed, horizon)
             if os.path.exists(os.path.join(out, "results.json")):
+                _check_source(out, final)
                 print(f"== {cond}, seed {seed}, horizon {horizon}: evaluated, skipped")
                 continue
             print(f"\n== [{n}/{len(cells)}] {cond}, seed {seed}: evaluating at horizon "
                   f"{horizon}: {out}", flush=True)
+            _check_source(out, final)
             start = time.perf_counter()
             evaluate(final, out, horizon, settings)
             clock.add(f"eval/{cond}/seed-{seed}/h{horizon}", time.perf_counter() - start)
     return clock
+
+
+def _check_source(where: str, source: str) -> None:
+    """`where` is built on the finished run `source` (a part on the part before it, an
+    evaluation on the cell's last part): the first time, record which run it was (its
+    summary); later, refuse when `source` has been trained again since, which would leave
+    `where` built on weights that no longer exist."""
+    with open(os.path.join(source, "summary.json")) as f:
+        summary = json.load(f)
+    mark = {k: summary.get(k) for k in ("checkpoint", "fingerprint", "seconds", "train_loss")}
+    path = os.path.join(where, "source.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            if json.load(f) != mark:
+                raise A1Error(f"{where} was made from an earlier run of {source}, which has been "
+                              f"trained again since: remove {where} and rerun")
+        return
+    os.makedirs(where, exist_ok=True)
+    cli.write_json(path, mark)
 
 
 def seed_success(workdir: str, settings: dict[str, Any]) -> dict[tuple[str, int, int], float]:
@@ -328,8 +372,8 @@ def report(workdir: str, settings: dict[str, Any], command: str, seconds: float)
     return text
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m a1jax.horizon", description=__doc__.split("\n")[0],
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m a1jax.horizon", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True)
     p.add_argument("--budget-tokens", type=int, default=None,
@@ -350,6 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.eval_horizons = "1,2"
     if args.budget_tokens is None:
         args.budget_tokens = _study_module().BUDGET
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     settings = settings_from_args(args)
     workdir = os.path.abspath(args.workdir)
     _claim_settings(workdir, settings)

@@ -35,18 +35,19 @@ def _files(root):
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory):
-    """The smoke study killed (-9) once its first cell is trained and evaluated, then rerun."""
+    """The smoke study killed (-9) in its second cell, as the second part of its chain starts
+    (the first cell trained and evaluated), then rerun."""
     workdir = str(tmp_path_factory.mktemp("horizon") / "study")
     cmd = [sys.executable, "-m", "a1jax.horizon", "--workdir", workdir, "--smoke",
            "--conditions", "short,curriculum"]  # one part; parts chained
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    first_cell_done = os.path.join(workdir, "eval", "short", "seed-0", "h2", "results.json")
+    second_part = os.path.join(horizon.part_dir(workdir, "curriculum", 0, 1), "experiment.json")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 900
-    while not os.path.exists(first_cell_done):
+    while not os.path.exists(second_part):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() < deadline, "the first cell did not finish in 15 minutes"
+        assert time.time() < deadline, "the second cell did not start in 15 minutes"
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -63,6 +64,8 @@ def test_the_smoke_study_resumes_after_kill_9_without_redoing_finished_cells(
     workdir, killed_output, before, output = killed_and_resumed
     assert "[2/4] curriculum, seed 0" in killed_output  # killed in the second cell
     assert "horizon_short_part0: already finished" in output
+    assert "horizon_curriculum_part0: already finished" in output
+    assert "horizon_curriculum_part1: already finished" not in output
     assert "== short, seed 0, horizon 1: evaluated, skipped" in output
     assert "== short, seed 0, horizon 2: evaluated, skipped" in output
     assert "[1/4] short, seed 0: evaluating" not in output
@@ -166,7 +169,7 @@ def test_the_interval_is_over_training_seeds_not_evaluation_runs(tmp_path):
     assert "| short | horizons 1-2 only | " in text
 
 
-def test_bad_settings_are_refused_before_anything_trains(tmp_path):
+def test_bad_settings_are_refused_before_anything_trains(tmp_path, monkeypatch):
     workdir = str(tmp_path / "w")
     with pytest.raises(A1Error, match=r"^--seeds 1: an interval over training seeds needs at "
                        r"least 2$"):
@@ -179,9 +182,20 @@ def test_bad_settings_are_refused_before_anything_trains(tmp_path):
     os.makedirs(workdir)
     with open(os.path.join(workdir, "study.json"), "w") as f:
         json.dump({"budget_tokens": 5}, f)
-    with pytest.raises(A1Error, match=r"holds a study with budget_tokens=5, not 5000000: use "
-                       r"another --workdir or the same settings$"):
+    with pytest.raises(A1Error, match=r"holds a study with other settings \(budget_tokens=5, "
+                       r"not 5000000\): use another --workdir or the same settings$"):
         horizon.main(["--workdir", workdir])
+    # Written before a1jax recorded the configs' digest: adopted; then an edit is refused.
+    settings = horizon.settings_from_args(horizon.parse_args(["--workdir", workdir]))
+    with open(os.path.join(workdir, "study.json"), "w") as f:
+        json.dump(settings, f)
+    horizon._claim_settings(workdir, settings)
+    with open(os.path.join(workdir, "study.json")) as f:
+        assert json.load(f)["configs"] == horizon.configs_digest(settings)
+    monkeypatch.setattr(horizon, "MAX_TURN_TOKENS", 161)
+    with pytest.raises(A1Error, match=r"other settings \(experiments/horizon/study.py's "
+                       r"training configs or the evaluation budgets\)"):
+        horizon._claim_settings(workdir, settings)
 
 
 def test_the_sweep_trains_three_seeds_of_one_condition(tmp_path):
@@ -192,3 +206,20 @@ def test_the_sweep_trains_three_seeds_of_one_condition(tmp_path):
     with pytest.raises(experiment.ExperimentError, match="condition curriculum has parts 0-2, "
                        "not 3"):
         load_experiment(STUDY, "condition=curriculum,part=3")
+
+
+def test_work_built_on_a_part_that_was_trained_again_is_refused(tmp_path):
+    """A later part (or an evaluation) records which run of its source it was made from; if
+    that source is trained again (its directory removed and rerun), the rerun stops."""
+    source, later = str(tmp_path / "part-0"), str(tmp_path / "part-1")
+    os.makedirs(source)
+    summary = {"checkpoint": "c/611", "fingerprint": "f", "seconds": 368.7, "train_loss": 0.1}
+    with open(os.path.join(source, "summary.json"), "w") as f:
+        json.dump(summary, f)
+    horizon._check_source(later, source)  # the first time: recorded
+    horizon._check_source(later, source)  # the same run: fine
+    with open(os.path.join(source, "summary.json"), "w") as f:
+        json.dump(dict(summary, seconds=371.2, train_loss=0.11), f)
+    with pytest.raises(A1Error, match=f"^{later} was made from an earlier run of {source}, which "
+                       f"has been trained again since: remove {later} and rerun$"):
+        horizon._check_source(later, source)
