@@ -242,8 +242,10 @@ def _check_source(where: str, source: str) -> None:
     cli.write_json(path, mark)
 
 
-def seed_success(workdir: str, settings: dict[str, Any]) -> dict[tuple[str, int, int], float]:
-    """(condition, seed, horizon) -> that seed's success: the mean over domains of Avg@runs."""
+def seed_success(workdir: str, settings: dict[str, Any]
+                 ) -> dict[tuple[str, int, int], tuple[float, float]]:
+    """(condition, seed, horizon) -> that seed's success (the mean over domains of Avg@runs)
+    and its mean turns per episode (over domains too)."""
     out = {}
     for cond in settings["conditions"]:
         for seed in settings["seeds"]:
@@ -256,7 +258,23 @@ def seed_success(workdir: str, settings: dict[str, Any]) -> dict[tuple[str, int,
                 if len(values) != len(settings["domains"]):
                     raise A1Error(f"{eval_dir(workdir, cond, seed, horizon)}: results for "
                                   f"{len(values)} domains, expected {len(settings['domains'])}")
-                out[(cond, seed, horizon)] = float(np.mean(values))
+                turns = [r["turns"] for r in results["rows"] if r["horizon"] == horizon]
+                out[(cond, seed, horizon)] = (float(np.mean(values)), float(np.mean(turns)))
+    return out
+
+
+def reference_turns(settings: dict[str, Any]) -> dict[int, float]:
+    """Horizon -> mean assistant turns of the reference trajectories of the evaluated tasks:
+    what a model that carries every task through takes."""
+    from a1jax.agent.environment import make_task
+    from a1jax.eval import eval_seed
+
+    out = {}
+    for h in settings["eval_horizons"]:
+        counts = [sum(m["role"] == "assistant" for m in make_task(
+            d, h, eval_seed(settings["eval_seed"]), i).reference["messages"])
+                  for d in settings["domains"] for i in range(settings["eval_n"])]
+        out[h] = float(np.mean(counts))
     return out
 
 
@@ -280,7 +298,7 @@ def train_tokens(condition: str, settings: dict[str, Any]) -> int:
                for c in cell_configs(condition, 0, settings, ""))
 
 
-def rows(success: dict[tuple[str, int, int], float], settings: dict[str, Any]
+def rows(success: dict[tuple[str, int, int], tuple[float, float]], settings: dict[str, Any]
          ) -> list[dict[str, Any]]:
     study = _study_module()
     out = []
@@ -289,7 +307,8 @@ def rows(success: dict[tuple[str, int, int], float], settings: dict[str, Any]
         trained = max(hi for _, hi, _ in parts)
         tokens = train_tokens(cond, settings)
         for horizon in settings["eval_horizons"]:
-            values = [success[(cond, seed, horizon)] for seed in settings["seeds"]]
+            values = [success[(cond, seed, horizon)][0] for seed in settings["seeds"]]
+            turns = [success[(cond, seed, horizon)][1] for seed in settings["seeds"]]
             mean, lo, hi = interval(values)
             out.append({"condition": cond, "model": size,
                         "training_horizons": "; ".join(f"{a}-{b}" for a, b, _ in parts),
@@ -297,7 +316,8 @@ def rows(success: dict[tuple[str, int, int], float], settings: dict[str, Any]
                         "eval_horizon": horizon, "beyond_training": horizon > trained,
                         "seeds": len(values), "mean": round(mean, 4), "ci95_low": round(lo, 4),
                         "ci95_high": round(hi, 4),
-                        "per_seed": " ".join(f"{v:.4f}" for v in values)})
+                        "per_seed": " ".join(f"{v:.4f}" for v in values),
+                        "turns": round(float(np.mean(turns)), 2)})
     return out
 
 
@@ -318,6 +338,17 @@ def markdown(table: list[dict[str, Any]], settings: dict[str, Any], header: str)
         lines.append(f"| {cond} | {study.DESCRIPTIONS[cond]} | " + " | ".join(
             f"{cells[h]['mean']:.2f} [{cells[h]['ci95_low']:.2f}, {cells[h]['ci95_high']:.2f}]"
             for h in horizons) + " |")
+    # How far each model carries a task, solved or not: its turns against the references'.
+    lines += ["", "Mean turns per episode (over tasks, runs and seeds); a turn is one model reply:",
+              "", "| condition | " + " | ".join(f"h{h}" for h in horizons) + " |",
+              "|---|" + "---|" * len(horizons)]
+    for cond in settings["conditions"]:
+        cells = {r["eval_horizon"]: r for r in table if r["condition"] == cond}
+        lines.append(f"| {cond} | " + " | ".join(f"{cells[h]['turns']:.1f}" for h in horizons)
+                     + " |")
+    reference = reference_turns(settings)
+    lines.append("| (reference trajectories) | " + " | ".join(
+        f"{reference[h]:.1f}" for h in horizons) + " |")
     return "\n".join(lines) + "\n"
 
 

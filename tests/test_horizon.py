@@ -150,8 +150,9 @@ def test_the_interval_is_over_training_seeds_not_evaluation_runs(tmp_path):
                 os.makedirs(out)
                 per_domain = rng.integers(0, 9, size=2) / 8
                 values[(cond, seed, h)] = per_domain.mean()
-                rows = [{"domain": d, "horizon": h, "avg@4": float(v), "pass@4": 1.0}
-                        for d, v in zip(settings["domains"], per_domain)]
+                rows = [{"domain": d, "horizon": h, "avg@4": float(v), "pass@4": 1.0,
+                         "turns": 2.0 + seed + k} for k, (d, v) in enumerate(zip(
+                             settings["domains"], per_domain))]
                 with open(os.path.join(out, "results.json"), "w") as f:
                     json.dump({"runs": 4, "rows": rows}, f)
     text = horizon.report(str(tmp_path), settings, "python -m a1jax.horizon --workdir X", 60.0)
@@ -165,8 +166,12 @@ def test_the_interval_is_over_training_seeds_not_evaluation_runs(tmp_path):
         assert float(r["ci95_low"]) == pytest.approx(max(0.0, mean - half), abs=1e-4)
         assert float(r["ci95_high"]) == pytest.approx(min(1.0, mean + half), abs=1e-4)
         assert r["per_seed"] == " ".join(f"{v:.4f}" for v in seeds)
+        assert float(r["turns"]) == 3.5  # the mean over domains (2.5 + seed) and seeds
     assert [r["beyond_training"] for r in table] == ["False", "True", "False", "False"]
     assert "| short | horizons 1-2 only | " in text
+    assert "| short | 3.5 | 3.5 |" in text
+    # calculator at horizon 1: call, answer; files at 1: list, read, (move,) answer
+    assert "| (reference trajectories) | " in text
 
 
 def test_bad_settings_are_refused_before_anything_trains(tmp_path, monkeypatch):
