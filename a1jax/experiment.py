@@ -138,10 +138,12 @@ def base() -> ml_collections.ConfigDict:
     c.rl.entropy_coef = 1e-4
     c.rl.importance_cap = 2.0  # truncated importance weight for the sampler/trainer mismatch
     # The task reward: the verifier's 0/1, minus turn_penalty per model call past free_turns
-    # (the paper's linear turn penalty), minus format_penalty per malformed call.
+    # (the paper's linear turn penalty), minus format_penalty per malformed call, minus
+    # repeat_penalty per tool call that repeats an earlier one (same tool, same arguments).
     c.rl.turn_penalty = 0.0
     c.rl.free_turns = 8
     c.rl.format_penalty = 0.0
+    c.rl.repeat_penalty = 0.0
     c.rl.reward = ""  # "": the task reward; "package.module:function": episode -> float
     c.distill = ml_collections.ConfigDict()
     c.distill.teachers = ""  # "kb_search=DIR,calculator=DIR,files=DIR", or "*=DIR" for all
@@ -361,6 +363,10 @@ def rl_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
     if d.mode not in SVA_MODES + ("full_vocab",):
         raise ExperimentError(f"distill.mode must be one of {', '.join(SVA_MODES)}, "
                               f"full_vocab, got {d.mode!r}")
+    for key in ("turn_penalty", "format_penalty", "repeat_penalty"):
+        if r[key] < 0:
+            raise ExperimentError(f"rl.{key} is subtracted from the reward: it must be >= 0, "
+                                  f"got {r[key]}")
     for key in ("max_turns", "max_turn_tokens"):
         if r[key] < 1:
             raise ExperimentError(f"rl.{key} must be positive, got {r[key]}")

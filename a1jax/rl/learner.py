@@ -53,12 +53,28 @@ TOKEN_MEANS = ("policy_loss", "clip_fraction", "entropy", "kl", "importance_weig
                "reverse_kl", "coverage", "teacher_mass", "student_entropy")
 
 
+def repeated_calls(episode: Episode) -> int:
+    """Tool calls that repeat an earlier call of the episode: the same tool with the same
+    arguments (a call's observation cannot change by asking again in these environments)."""
+    seen, repeats = set(), 0
+    for msg in episode.messages:
+        for call in msg.get("tool_calls") or ():
+            args = call["function"]["arguments"]
+            key = (call["function"]["name"],
+                   args if isinstance(args, str) else json.dumps(args, sort_keys=True))
+            repeats += key in seen
+            seen.add(key)
+    return repeats
+
+
 def task_reward(episode: Episode, rl: ml_collections.ConfigDict) -> float:
     """The verifier's 0/1, minus rl.turn_penalty per model call past rl.free_turns (the paper's
-    linear turn penalty) and rl.format_penalty per malformed call."""
+    linear turn penalty), rl.format_penalty per malformed call and rl.repeat_penalty per
+    repeated tool call (the paper's repetition penalty, read as repeated actions)."""
     over = max(0, episode.turns - rl.free_turns)
     return (float(episode.reward) - rl.turn_penalty * over
-            - rl.format_penalty * episode.malformed_calls)
+            - rl.format_penalty * episode.malformed_calls
+            - rl.repeat_penalty * repeated_calls(episode))
 
 
 def reward_function(c: ml_collections.ConfigDict) -> Callable[[Episode], float]:

@@ -3,8 +3,9 @@ r"""A domain teacher: the full-domain SFT model trained further on its domain by
 The paper (its search teacher): lr 1e-6, 32 questions x 8 samples per step, clip [0.2, 0.28],
 KL to the reference 0.001 (k3), entropy bonus 1e-4, responses up to 4,096 tokens, temperature
 1.0; reward: correctness, a linear penalty for turns past a free budget, a repetition penalty and
-a format reward. Here: correctness, the turn penalty and a penalty per malformed call (the
-repetition penalty is not implemented). Dynamic sampling drops groups whose rewards are equal.
+a format reward. Here: correctness, the turn penalty, a penalty per malformed call and one per
+tool call that repeats an earlier call (the penalties' sizes are ours). Dynamic
+sampling drops groups whose rewards are equal.
 
     python -m a1jax.train --config experiments/paper/teacher_grpo.py:model=tiny,domain=kb_search \
         --workdir runs/recipe/teacher_kb_search --config.init_from=runs/recipe/sft_full_domain
@@ -48,6 +49,7 @@ def get_config(arg=None):
     c.rl.entropy_coef = 1e-4
     c.rl.free_turns, c.rl.turn_penalty = 8, 0.05
     c.rl.format_penalty = 0.1
+    c.rl.repeat_penalty = 0.05  # per repeated tool call (our value)
     c.optim.warmup_fraction = 0.0
     c.optim.end_lr_fraction = 1.0  # constant
     c.optim.weight_decay = 0.0

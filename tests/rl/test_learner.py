@@ -230,6 +230,26 @@ def test_episode_batch_aligns_targets_mask_and_sampler_logprobs():
         learner.episode_batch([ep], 4)
 
 
+def test_task_reward_subtracts_the_paper_shaping_terms():
+    def call(name, **args):
+        return {"id": "c", "type": "function", "function": {"name": name, "arguments": args}}
+
+    messages = [{"role": "user", "content": "q"},
+                {"role": "assistant", "tool_calls": [call("search", query="Ann"),
+                                                     call("search", query="Bo")]},
+                {"role": "assistant", "tool_calls": [call("search", query="Ann")]},
+                {"role": "assistant", "tool_calls": [call("open_document", doc_id="1"),
+                                                     call("search", query="Ann")]},
+                {"role": "assistant", "content": "Kessel"}]
+    ep = types.SimpleNamespace(messages=messages, reward=1.0, turns=11, malformed_calls=2)
+    assert learner.repeated_calls(ep) == 2  # the second and third search for Ann
+    rl = types.SimpleNamespace(free_turns=8, turn_penalty=0.05, format_penalty=0.1,
+                               repeat_penalty=0.25)
+    assert learner.task_reward(ep, rl) == pytest.approx(1.0 - 3 * 0.05 - 2 * 0.1 - 2 * 0.25)
+    ep.turns, ep.malformed_calls, ep.messages = 8, 0, messages[:2]
+    assert learner.task_reward(ep, rl) == 1.0
+
+
 def test_errors_before_compiling(grpo_run, tmp_path):
     cases = [
         (OPD, ("requires_init=False",),
@@ -252,6 +272,8 @@ def test_errors_before_compiling(grpo_run, tmp_path):
          "got 1"),
         (GRPO, ("requires_init=False", "batch_size=6"),
          "batch_size 6 must be a multiple of rl.group_size 4 (prompts x samples per prompt)"),
+        (GRPO, ("requires_init=False", "rl.repeat_penalty=-0.1"),
+         "rl.repeat_penalty is subtracted from the reward: it must be >= 0, got -0.1"),
         (GRPO, ("requires_init=False", "rl.algorithm=ppo"),
          "rl.algorithm must be one of sft, grpo, opd, got 'ppo'"),
         (GRPO, (), "teacher_grpo_kb_search starts from the previous stage's weights: set "
