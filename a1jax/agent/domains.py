@@ -203,6 +203,13 @@ class Files(Environment):
         folder, name = self._file(path)
         return f"value: {folder[name]}"
 
+    def verify(self, final_content: str) -> bool:
+        """The reported count and sum, and the world they report: every even file in /archive,
+        every odd one still in /inbox (a model that answers right without moving anything did
+        not do the task)."""
+        even = {name for name, v in self.task.verifier["inbox"].items() if v % 2 == 0}
+        return set(self.dirs["/archive"]) == even and super().verify(final_content)
+
     def tool_move(self, src: str, dst_dir: str) -> str:
         dst, files = self._dir(dst_dir)
         folder, name = self._file(src)

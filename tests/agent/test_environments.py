@@ -170,6 +170,23 @@ def test_files_state_moves_and_pages():
     assert call(env, "list_dir", path="/tmp", page=0).content == "error: /tmp: no such directory"
 
 
+def test_files_verifies_the_moves_not_only_the_report():
+    env, task = started("files", 4)
+    inbox = task.verifier["inbox"]
+    even = sorted(name for name, v in inbox.items() if v % 2 == 0)
+    odd = sorted(name for name, v in inbox.items() if v % 2)
+    assert even and odd
+    final = f"Final answer: {task.verifier['answer']}"
+    assert not env.verify(final)  # the right report, nothing moved
+    for name in even[:-1]:
+        call(env, "move", src=f"/inbox/{name}", dst_dir="/archive")
+    assert not env.verify(final)  # one even file left behind
+    call(env, "move", src=f"/inbox/{even[-1]}", dst_dir="/archive")
+    assert env.verify(final) and not env.verify("Final answer: moved=0 sum=0")
+    call(env, "move", src=f"/inbox/{odd[0]}", dst_dir="/archive")
+    assert not env.verify(final)  # an odd file moved too
+
+
 @pytest.mark.parametrize("tool_call, content", [
     ({"name": "serch", "arguments": {"query": "x"}},
      "error: unknown tool 'serch'; available: search, open_document"),
