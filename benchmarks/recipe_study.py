@@ -74,9 +74,10 @@ def behaviour(episodes_path: str) -> dict[str, float]:
         for line in f:
             e = json.loads(line)
             calls = [c["function"] for m in e["messages"] for c in m.get("tool_calls") or ()]
+            args = [c["arguments"] if isinstance(c["arguments"], dict) else {} for c in calls]
             if e["domain"] == "kb_search":
-                named.append(any(c["name"] == "search" and c["arguments"].get("query")
-                                 == e["verifier"]["start"] for c in calls))
+                named.append(any(c["name"] == "search" and a.get("query") == e["verifier"]["start"]
+                                 for c, a in zip(calls, args)))
             elif e["domain"] == "files" and any(v % 2 == 0 for v in
                                                 e["verifier"]["inbox"].values()):
                 meta, last = e["metadata"], e["messages"][-1]
@@ -86,7 +87,7 @@ def behaviour(episodes_path: str) -> dict[str, float]:
                 moved.append(meta["episode"]["status"] == "finished"
                              and env.verify(last.get("content") or ""))
             elif e["domain"] == "calculator" and calls:
-                first = str(next(iter(calls[0]["arguments"].values()), ""))
+                first = str(next(iter(args[0].values()), ""))
                 op = re.match(r"\W*\d+\s*([-+*])", first)
                 right_op.append(bool(op) and op.group(1)
                                 == OPERATORS[e["verifier"]["ops"][0][0]])
