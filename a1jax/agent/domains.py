@@ -193,9 +193,10 @@ class Files(Environment):
         return self.dirs[folder], name
 
     def tool_list_dir(self, path: str, page: int) -> str:
-        names = sorted(self._dir(path)[1])
+        key, files = self._dir(path)
         if page < 0:
             raise ToolError(f"error: list_dir: page must be >= 0, got {page}")
+        names = [f"{key}/{name}" for name in sorted(files)]  # full paths, as synth lists them
         return json.dumps({"entries": names[page * PAGE:(page + 1) * PAGE],
                            "more": (page + 1) * PAGE < len(names)})
 

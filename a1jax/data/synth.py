@@ -86,9 +86,19 @@ _EMPLOYERS = ("a shipyard", "the observatory", "a bakery", "the city archive", "
               "the railway", "a seed bank", "the lighthouse", "a print shop", "the museum")
 
 
+# Every name starts with a title. Why: the Qwen pre-tokenizer joins a word to the character
+# before it (" Torjo" after a space, "Torjo" after the newline that opens a tool-call parameter),
+# and BPE spells the two differently ("ĠTorjo" vs "Tor" "jo"). Without a title, searching the
+# person the task names is not a copy but a respelling of every first name, which the `tiny`
+# model never learned (docs/recipe.md); with one, only the title is respelt, and every name word
+# is the same tokens in the task, the results and the call.
+_TITLES = ("Dr", "Mr", "Ms")
+
+
 def _name(rng: random.Random, taken: set[str]) -> str:
     while True:
-        name = ("".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+        name = (rng.choice(_TITLES) + " "
+                + "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
                 + " " + "".join(rng.choice(_SYLLABLES) for _ in range(3)).capitalize())
         if name not in taken:
             taken.add(name)
@@ -204,7 +214,9 @@ def files(rng: random.Random, horizon: int) -> tuple[list, dict, list]:
     b = _Builder(rng, tools, task)
     listed = sorted(inbox)
     for page in range((len(listed) + 19) // 20):
-        entries = listed[page * 20:(page + 1) * 20]
+        # Full paths, for the reason names have titles (`_name`): a bare name after '["' is
+        # other tokens than the same name after '/inbox' in the path the model must write.
+        entries = [f"/inbox/{f}" for f in listed[page * 20:(page + 1) * 20]]
         b.step(f"Listing page {page} of /inbox.", "list_dir", {"path": "/inbox", "page": page},
                json.dumps({"entries": entries, "more": (page + 1) * 20 < len(listed)}))
     moved, total = 0, 0

@@ -147,10 +147,11 @@ def test_python_runs_only_print_of_an_integer_expression():
 def test_files_state_moves_and_pages():
     env, task = started("files", 25)
     inbox = sorted(task.verifier["inbox"])
+    paths = [f"/inbox/{name}" for name in inbox]  # list_dir gives full paths
     first, second = (json.loads(call(env, "list_dir", path="/inbox", page=p).content)
                      for p in (0, 1))
-    assert first == {"entries": inbox[:PAGE], "more": True}
-    assert second == {"entries": inbox[PAGE:], "more": False} and len(inbox[PAGE:]) == 5
+    assert first == {"entries": paths[:PAGE], "more": True}
+    assert second == {"entries": paths[PAGE:], "more": False} and len(paths[PAGE:]) == 5
     assert json.loads(call(env, "list_dir", path="/inbox", page=2).content) == {
         "entries": [], "more": False}
     src, name = f"/inbox/{inbox[0]}", inbox[0]
@@ -162,9 +163,9 @@ def test_files_state_moves_and_pages():
     assert call(env, "read_file", path=f"/archive/{name}").content == (
         f"value: {task.verifier['inbox'][name]}")
     assert json.loads(call(env, "list_dir", path="/archive", page=0).content) == {
-        "entries": [name], "more": False}
-    assert json.loads(call(env, "list_dir", path="/inbox", page=0).content)["entries"] == (
-        inbox[1:PAGE + 1])
+        "entries": [f"/archive/{name}"], "more": False}
+    assert json.loads(call(env, "list_dir", path="/inbox/", page=0).content)["entries"] == (
+        paths[1:PAGE + 1])
     assert call(env, "move", src=f"/inbox/{inbox[1]}", dst_dir="/trash") == ToolResult(
         "move", "error: /trash: no such directory", error=True)
     assert call(env, "list_dir", path="/tmp", page=0).content == "error: /tmp: no such directory"
