@@ -15,7 +15,10 @@ domain, then multi-teacher on-policy distillation into the SFT model.
 A finished part is skipped and an interrupted one resumes, so rerunning the same command after any
 interruption continues where it stopped (evaluations resume from their episodes.jsonl). `--set`
 overrides a config key in every part, `--part-set teacher_grpo:steps=40` in one (or every
-teacher). Every part's config is checked before the first compiles.
+teacher). `--only teacher_grpo_files` runs that part alone (what it starts from must have
+finished): the teachers are independent, so each can train in its own process or on its own
+node, and the full command then skips them. Every part's config is checked before the first
+compiles.
 """
 
 from __future__ import annotations
@@ -105,6 +108,36 @@ def comparison(results: dict[str, list[dict[str, Any]]], runs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def selected(parts: list[ml_collections.ConfigDict], only: str,
+             workdir: str) -> list[ml_collections.ConfigDict]:
+    """The parts `--only` names (all of them when it is empty), each refused unless the parts it
+    reads from (its init_from, its teachers) have finished: the teachers are independent, so
+    they can train at once, one process or node each, and the full command then skips them."""
+    if not only:
+        return parts
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    known = [c.stage for c in parts]
+    if not names or any(n not in known for n in names):
+        raise A1Error(f"--only {only!r}: expected parts among {', '.join(known)}")
+    chosen = [c for c in parts if c.stage in names]
+    for c in chosen:
+        reads = {c.init_from} | {t.partition("=")[2] for t in c.distill.teachers.split(",")}
+        missing = [p.stage for p in parts if os.path.join(workdir, p.stage) in reads
+                   and not finished(os.path.join(workdir, p.stage))]
+        if missing:
+            raise A1Error(f"--only {c.stage}: first finish what it starts from: "
+                          f"{', '.join(missing)}")
+    return chosen
+
+
+def finished(stage_dir: str) -> bool:
+    try:
+        with open(os.path.join(stage_dir, "summary.json")) as f:
+            return json.load(f).get("status") == "finished"
+    except FileNotFoundError:
+        return False
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from a1jax.rl import learner
     from a1jax.train import runner
@@ -113,10 +146,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     domains = [d.strip() for d in args.domains.split(",") if d.strip()]
     parts = configs(args.model, workdir, domains=domains, smoke=args.smoke, mesh=args.mesh,
                     layout=args.layout, sets=args.set, part_sets=args.part_set)
+    chosen = selected(parts, args.only, workdir)
     for k, c in enumerate(parts):  # every part's config, before the first compiles
         runner.check(c, os.path.join(workdir, c.stage), check_init=k == 0)
     summaries, results = [], {}
-    for c in parts:
+    for c in chosen:
         stage_dir = os.path.join(workdir, c.stage)
         print(f"\n== {c.stage} ({stage_dir})", flush=True)
         if c.rl.algorithm != "sft":
@@ -131,7 +165,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             own = [d for d in domains if c.stage == f"teacher_grpo_{d}"] or domains
             results[c.stage] = evaluate(stage_dir, os.path.join(workdir, "eval", c.stage), args,
                                         own, parts[-1])
-    if args.eval_n:
+    if args.eval_n and not args.only:  # with --only, the full run's table comes later
         table = comparison(results, args.eval_runs)
         header = (f"Held-out success (task seed offset {args.eval_seed}, {args.eval_n} tasks x "
                   f"{args.eval_runs} runs per cell, horizons {args.eval_horizons}) of the "
@@ -157,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--part-set", action="append", default=[], metavar="PART:KEY=VALUE",
                    help="for one part: sft_full_domain, teacher_grpo (every teacher), "
                    "teacher_grpo_DOMAIN, opd_multi_teacher")
+    p.add_argument("--only", default="", metavar="PART[,PART]",
+                   help="run (and evaluate) only these parts, e.g. teacher_grpo_files; what "
+                   "they start from must have finished")
     p.add_argument("--eval-n", type=int, default=0,
                    help="held-out tasks per domain and horizon to evaluate each part on (0: no "
                    "evaluation)")

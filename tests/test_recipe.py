@@ -46,6 +46,15 @@ def test_recipe_runs_in_order_then_skips_what_is_finished(tmp_path, capsys):
         assert f"{part}: already finished in {os.path.join(workdir, part)}" in again
     assert again.count("resuming: 1 episodes already in") == 3
 
+    # --only: that part alone (its SFT start has finished), and no comparison table
+    os.remove(os.path.join(workdir, "results.md"))
+    assert recipe.main(["--workdir", workdir, "--only", "teacher_grpo_kb_search"] + ARGS) == 0
+    alone = capsys.readouterr().out
+    assert [line for line in alone.splitlines() if line.startswith("== ")] == [
+        f"== teacher_grpo_kb_search ({os.path.join(workdir, 'teacher_grpo_kb_search')})"]
+    assert alone.count("resuming: 1 episodes already in") == 1
+    assert not os.path.exists(os.path.join(workdir, "results.md"))
+
 
 def test_recipe_errors(tmp_path):
     with pytest.raises(A1Error) as e:
@@ -59,6 +68,19 @@ def test_recipe_errors(tmp_path):
     assert str(e.value) == ("--part-set 'teacher:steps=3': expected PART:KEY=VALUE with PART one "
                             "of opd_multi_teacher, sft_full_domain, teacher_grpo, "
                             "teacher_grpo_calculator, teacher_grpo_files, teacher_grpo_kb_search")
+    with pytest.raises(A1Error) as e:
+        recipe.main(["--workdir", str(tmp_path), "--only", "teacher_grpo_web"])
+    assert str(e.value) == ("--only 'teacher_grpo_web': expected parts among sft_full_domain, "
+                            "teacher_grpo_kb_search, teacher_grpo_calculator, "
+                            "teacher_grpo_files, opd_multi_teacher")
+    os.makedirs(tmp_path / "teacher_grpo_files")
+    with open(tmp_path / "teacher_grpo_files" / "summary.json", "w") as f:
+        json.dump({"status": "finished"}, f)
+    with pytest.raises(A1Error) as e:
+        recipe.main(["--workdir", str(tmp_path), "--domains", "files,calculator", "--only",
+                     "opd_multi_teacher"])
+    assert str(e.value) == ("--only opd_multi_teacher: first finish what it starts from: "
+                            "sft_full_domain, teacher_grpo_calculator")
     parts = recipe.configs("tiny", str(tmp_path), domains=["kb_search", "files"], part_sets=[
         "teacher_grpo:steps=7", "teacher_grpo_files:rl.group_size=2", "sft_full_domain:steps=9"])
     assert [(c.stage, c.steps, c.rl.group_size) for c in parts] == [
