@@ -31,9 +31,14 @@ ROOT = Path(__file__).resolve().parents[2]
 # The model memorises the reference trajectories of these held-out tasks (one per domain), so that
 # it answers with well-formed tool calls and solves them: a serving test, not a research claim.
 # (A bench model after stage 1's 100 steps starts a tool call and then loops inside it.)
-TASKS = [make_task(d, 1, evaluate.eval_seed(7), 0) for d in ("kb_search", "calculator", "files")]
+# Task seed 4: none of the three references recovers from an error. A memorised typo followed by
+# its corrected retry is two near-identical calls that greedy decoding can confuse (seed 7's
+# kb_search did, after synth's names gained titles): a memorisation failure, not a serving one.
+SEED = 4
+TASKS = [make_task(d, 1, evaluate.eval_seed(SEED), 0)
+         for d in ("kb_search", "calculator", "files")]
 # Parity prompts: those tasks, and others the model has not seen.
-PROMPTS = TASKS + [make_task(d, 2, evaluate.eval_seed(7), 1)
+PROMPTS = TASKS + [make_task(d, 2, evaluate.eval_seed(SEED), 1)
                    for d in ("kb_search", "calculator", "files")]
 
 
@@ -179,7 +184,7 @@ def test_a_served_tool_call_is_what_a1jax_parses(export_dir, server):
 def test_eval_through_the_server_scores_each_episode_as_in_process(export_dir, server, tmp_path):
     common = ["--horizons", "1", "--n", "1", "--runs", "1", "--greedy", "--batch", "3",
               "--max-turns", "6", "--max-turn-tokens", "160", "--max-context", "4096",
-              "--seed", "7"]  # a small cache: the in-process engine compiles for it
+              "--seed", str(SEED)]  # a small cache: the in-process engine compiles for it
     assert evaluate.main(["--endpoint", server, "--out", str(tmp_path / "served")] + common) == 0
     assert evaluate.main(["--model", str(export_dir), "--dtype", "bfloat16", "--out",
                           str(tmp_path / "local")] + common) == 0
