@@ -191,8 +191,11 @@ def test_opd_with_the_sampled_token_estimator(grpo_run, tmp_path):
         if teacher_is_student:
             assert first["reverse_kl"] == pytest.approx(0.0, abs=1e-6)
             assert first["coverage"] == pytest.approx(first["teacher_mass"], rel=1e-5)
-        else:  # a random student against the (4 steps) trained model: about 0.1
-            assert first["reverse_kl"] > 0.01 and first["sva_loss"] > 0.01
+        else:  # a random student against the (4 steps) trained model
+            # One batch's single-sample estimate is unbiased, not positive (here +0.1 with the
+            # first tokenizer, -0.12 with the retrained one): nonzero is what this shows;
+            # test_losses checks its expectation against the exact reverse KL.
+            assert abs(first["reverse_kl"]) > 0.01 and abs(first["sva_loss"]) > 0.01
             assert 0 < first["coverage"] < 1 and 0 < first["teacher_mass"] < 1
 
 
