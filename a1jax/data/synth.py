@@ -91,7 +91,9 @@ _EMPLOYERS = ("a shipyard", "the observatory", "a bakery", "the city archive", "
 # and BPE spells the two differently ("ĠTorjo" vs "Tor" "jo"). Without a title, searching the
 # person the task names is not a copy but a respelling of every first name, which the `tiny`
 # model never learned (docs/recipe.md); with one, only the title is respelt, and every name word
-# is the same tokens in the task, the results and the call.
+# is the same tokens in the task, the results and the call. Surnames have two syllables (three
+# until the study in docs/recipe.md showed `tiny` copying first names but not surnames): fewer
+# tokens to copy, and still 576 of them.
 _TITLES = ("Dr", "Mr", "Ms")
 
 
@@ -99,7 +101,7 @@ def _name(rng: random.Random, taken: set[str]) -> str:
     while True:
         name = (rng.choice(_TITLES) + " "
                 + "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
-                + " " + "".join(rng.choice(_SYLLABLES) for _ in range(3)).capitalize())
+                + " " + "".join(rng.choice(_SYLLABLES) for _ in range(2)).capitalize())
         if name not in taken:
             taken.add(name)
             return name
@@ -214,8 +216,9 @@ def files(rng: random.Random, horizon: int) -> tuple[list, dict, list]:
     b = _Builder(rng, tools, task)
     listed = sorted(inbox)
     for page in range((len(listed) + 19) // 20):
-        # Full paths, for the reason names have titles (`_name`): a bare name after '["' is
-        # other tokens than the same name after '/inbox' in the path the model must write.
+        # Full paths, here and in the reasoning, for the reason names have titles (`_name`): a
+        # bare name after '["' or a space is other tokens than the same name after '/inbox' in
+        # the path the model must write, and the model copies the path from its own reasoning.
         entries = [f"/inbox/{f}" for f in listed[page * 20:(page + 1) * 20]]
         b.step(f"Listing page {page} of /inbox.", "list_dir", {"path": "/inbox", "page": page},
                json.dumps({"entries": entries, "more": (page + 1) * 20 < len(listed)}))
@@ -224,17 +227,17 @@ def files(rng: random.Random, horizon: int) -> tuple[list, dict, list]:
         path = f"/inbox/{fname}"
         if rng.random() < 0.08:
             wrong = path.replace("_", "-")
-            b.step(f"Reading {fname}.", "read_file", {"path": wrong},
+            b.step(f"Reading {path}.", "read_file", {"path": wrong},
                    f"error: {wrong}: no such file")
             b.step("Wrong path: the separator is an underscore. Reading again.", "read_file",
                    {"path": path}, f"value: {inbox[fname]}")
         else:
-            b.step(f"Reading {fname} to check whether its value is even.", "read_file",
+            b.step(f"Reading {path} to check whether its value is even.", "read_file",
                    {"path": path}, f"value: {inbox[fname]}")
         if inbox[fname] % 2:
             continue
         dst = "/archiv" if rng.random() < 0.08 else "/archive"
-        b.step(f"{inbox[fname]} is even, so {fname} goes to /archive.", "move",
+        b.step(f"{inbox[fname]} is even, so {path} goes to /archive.", "move",
                {"src": path, "dst_dir": dst},
                f"moved {path} -> /archive/{fname}" if dst == "/archive"
                else "error: /archiv: no such directory")

@@ -36,7 +36,7 @@ QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
 _SPECIAL = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}
 
 
-def synthetic_corpus(n_per_domain: int = 60, seed: int = 0) -> Iterable[str]:
+def synthetic_corpus(n_per_domain: int = 120, seed: int = 0) -> Iterable[str]:
     """Rendered synthetic trajectories of every domain at a spread of horizons."""
     for domain in sorted(synth.DOMAINS):
         for k in range(n_per_domain):
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                                   description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(SHIPPED_TOKENIZER_DIR))
     p.add_argument("--vocab-size", type=int, default=4096)
-    p.add_argument("--n-per-domain", type=int, default=60)
+    p.add_argument("--n-per-domain", type=int, default=120)
     args = p.parse_args(argv)
     if args.vocab_size < 512:
         raise A1Error("--vocab-size must be at least 512 (256 bytes + merges + specials)")
