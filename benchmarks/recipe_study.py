@@ -66,13 +66,14 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     """What the success rates alone do not show, from a model's evaluated episodes:
     kb_search: the share of episodes that ever search for the person the task starts from
     (without it an answer is a guess among synth's 14 cities); calculator: the share whose first
-    call uses the operator of the task's first operation; files: of the tasks with an even file
-    (where "moved=0 sum=0" is wrong), the share solved with the moves checked (the episode's
+    call uses the operator of the task's first operation; files: the share whose first
+    `read_file` opens a file of the inbox (a copy of a listed path) and, of the tasks with an even
+    file (where "moved=0 sum=0" is wrong), the share solved with the moves checked (the episode's
     calls replayed into a fresh world: results written before `Files.verify` checked the moves
     counted the report alone)."""
     from a1jax.agent.environment import make_environment, make_task
 
-    named, right_op, moved = [], [], []
+    named, right_op, read, moved = [], [], [], []
     with open(episodes_path) as f:
         for line in f:
             e = json.loads(line)
@@ -81,8 +82,12 @@ def behaviour(episodes_path: str) -> dict[str, float]:
             if e["domain"] == "kb_search":
                 named.append(any(c["name"] == "search" and a.get("query") == e["verifier"]["start"]
                                  for c, a in zip(calls, args)))
-            elif e["domain"] == "files" and any(v % 2 == 0 for v in
-                                                e["verifier"]["inbox"].values()):
+            if e["domain"] == "files":
+                paths = [a.get("path") for c, a in zip(calls, args) if c["name"] == "read_file"]
+                read.append(bool(paths) and paths[0] in
+                            {f"/inbox/{f}" for f in e["verifier"]["inbox"]})
+            if e["domain"] == "files" and any(v % 2 == 0 for v in
+                                              e["verifier"]["inbox"].values()):
                 meta, last = e["metadata"], e["messages"][-1]
                 env = make_environment("files")
                 env.reset(make_task("files", meta["horizon"], meta["seed"], meta["index"]))
@@ -97,6 +102,8 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     out = {}
     if named:
         out["kb_search: searched the start person"] = float(np.mean(named))
+    if read:
+        out["files: first read opens a listed file"] = float(np.mean(read))
     if moved:
         out["files: solved where a file must move"] = float(np.mean(moved))
     if right_op:
