@@ -66,12 +66,14 @@ def test_chunked_gradients_equal_sva_loss_on_full_logits(setup):
     assert float(loss) > 0.05  # two different random models (the check is not vacuous)
 
 
-def _assert_same(got, want, rtol=1e-5):
+def _assert_same(got, want, rtol=1e-5, grad_tol=1e-5):
+    """The loss to `rtol`; each gradient leaf to `grad_tol` of its largest entry."""
     grads, metrics = got
     np.testing.assert_allclose(float(metrics["sva_loss"]), float(want[1]["sva_loss"]), rtol=rtol)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want[0])):
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(want[0])):
         scale = np.abs(np.asarray(b)).max() + 1e-12
-        np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=rtol)
+        np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=grad_tol,
+                                   err_msg=jax.tree_util.keystr(path))
 
 
 def test_the_same_on_a_mesh_and_in_microbatches(setup, devices):
@@ -90,7 +92,11 @@ def test_the_same_on_a_mesh_and_in_microbatches(setup, devices):
     params = jax.device_put(student, trainer.state_sharding.params)
     with trainer.context():
         sharded = jax.jit(functools.partial(opd_grads, model_config=config))(params, placed)
-    _assert_same(sharded, (grads, metrics))
+    # Gradients to 1e-4 of each leaf's largest entry on the mesh: float32 sums in another order
+    # (the sequence split, expert dispatch); on one of our 2-core CPU machines a 4-entry leaf was
+    # 4.2e-5 off. A per-shard domain normalisation changes sample weights by factors (the loss
+    # is still checked to 1e-5).
+    _assert_same(sharded, (grads, metrics), grad_tol=1e-4)
 
 
 def test_teacher_topk_on_a_mesh_is_local(setup, devices):
