@@ -13,6 +13,7 @@ tokenizer_config.json, and the chat template) that `transformers.AutoTokenizer` 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -36,16 +37,52 @@ QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
 _SPECIAL = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}
 
 
+# A word made of two or more of synth's syllables: a name word or a file stem (no English word in
+# synth's templates is one).
+_INVENTED_WORD = re.compile(r"(?<![^\W\d_])(?:%s){2,}(?![^\W\d_])" % "|".join(
+    sorted(synth._SYLLABLES, key=len, reverse=True)), re.IGNORECASE)
+
+
+def _syllables(word: str) -> list[str]:
+    """`word` cut into synth syllables (it is one of `_INVENTED_WORD`'s matches)."""
+    for syllable in synth._SYLLABLES:
+        if word.lower().startswith(syllable):
+            if len(word) == len(syllable):
+                return [word]
+            rest = word[len(syllable):]
+            if _INVENTED_WORD.fullmatch(rest) or rest.lower() in synth._SYLLABLES:
+                return [word[:len(syllable)]] + _syllables(rest)
+    raise ValueError(word)
+
+
+def syllabify(text: str) -> str:
+    """`text` with a newline between the syllables of every invented word ("Dr Jo\nfen").
+
+    Why: trained on the words whole, BPE gives each syllable pair its own token ("ĠJofen"), and
+    the thousands of names and stems become tokens seen a few dozen times in all of the SFT data,
+    which the `tiny` model never learns to copy (docs/recipe.md, runs/recipe4;
+    benchmarks/copy_tokens.py counts them). Split at training time only, the pre-tokenizer keeps
+    the syllables apart, so no merge crosses them and an invented word encodes in syllable-sized
+    pieces that every name and stem share. Encoding is unchanged (no separator is inserted then).
+    """
+    return _INVENTED_WORD.sub(lambda m: "\n".join(_syllables(m.group(0))), text)
+
+
 def synthetic_corpus(n_per_domain: int = 120, seed: int = 0) -> Iterable[str]:
-    """Rendered synthetic trajectories of every domain at a spread of horizons."""
+    """Rendered synthetic trajectories of every domain at a spread of horizons, `syllabify`d."""
     for domain in sorted(synth.DOMAINS):
         for k in range(n_per_domain):
             traj = validate(synth.make_trajectory(domain, 1 + 4 * (k % 8), seed, k))
-            yield chat_template.render(traj["messages"], traj["tools"])
+            yield syllabify(chat_template.render(traj["messages"], traj["tools"]))
 
 
 def train(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """A byte-level BPE tokenizer of exactly `vocab_size` entries, the special tokens last."""
+    """A byte-level BPE tokenizer of at most `vocab_size` entries, the special tokens last.
+
+    Fewer when the corpus runs out of merges: the shipped one stops at 1,522 (its corpus is a few
+    hundred template words and `syllabify`d names). The models keep a 4,096-row embedding, the
+    rest unused, as Qwen3.5's 248,320 rows exceed its tokenizer's.
+    """
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([

@@ -12,16 +12,29 @@ from a1jax.data.tokenizer import SHIPPED_TOKENIZER_DIR, SPECIAL_TOKENS, load_tok
 
 def test_shipped_tokenizer_special_tokens_and_config():
     tok = load_tokenizer()
-    assert len(tok) == 4096
-    assert tok.convert_tokens_to_ids(list(SPECIAL_TOKENS)) == list(range(4087, 4096))
+    # the corpus runs out of merges at 1,513; the models' 4,096-row embedding has room to spare
+    assert len(tok) == 1522
+    assert tok.convert_tokens_to_ids(list(SPECIAL_TOKENS)) == list(range(1513, 1522))
     assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|endoftext|>")
     config = json.loads((SHIPPED_TOKENIZER_DIR / "tokenizer_config.json").read_text())
     assert config["chat_template"] == default_template()
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
     # special tokens are single tokens even next to text; byte-level BPE encodes anything
     ids = tok.encode("<|im_start|>assistant\n<think>\nÅh 😀\n</think>", add_special_tokens=False)
-    assert ids[0] == 4088 and ids[-1] == 4091 and 4090 in ids
+    assert ids[0] == 1514 and ids[-1] == 1517 and 1516 in ids
     assert tok.decode(ids) == "<|im_start|>assistant\n<think>\nÅh 😀\n</think>"
+
+
+def test_names_and_stems_are_spelt_in_syllables():
+    """`syllabify` keeps BPE from giving each name its own rare token (docs/recipe.md)."""
+    tok = load_tokenizer()
+    pieces = lambda text: tok.convert_ids_to_tokens(tok.encode(text, add_special_tokens=False))
+    assert pieces('{"name": "Dr Rosanka Jomi"}') == [
+        '{"', "name", '":', 'Ġ"', "Dr", "ĠRos", "an", "ka", "ĠJo", "mi", '"}']
+    assert pieces("Reading /inbox/vipe_368.txt") == [
+        "Reading", "Ġ/", "inbox", "/vi", "pe", "_", "3", "6", "8", ".txt"]
+    assert train_tokenizer.syllabify("Dr Rosanka Jomi moved /inbox/vipe_3.txt to Marrow") == (
+        "Dr Ros\nan\nka Jo\nmi moved /inbox/vi\npe_3.txt to Marrow")
 
 
 def test_training_is_deterministic_and_loads_with_auto_tokenizer(tmp_path):
