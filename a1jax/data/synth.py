@@ -94,7 +94,8 @@ _EMPLOYERS = ("a shipyard", "the observatory", "a bakery", "the city archive", "
 # is the same tokens in the task, the results and the call. Surnames have two syllables (three
 # until the study in docs/recipe.md showed `tiny` copying first names but not surnames): fewer
 # tokens to copy, and still 576 of them. That did not make `tiny` copy names (docs/recipe.md,
-# runs/recipe4: name tokens are rare in training; benchmarks/copy_tokens.py counts them).
+# runs/recipe4: name tokens were rare in training; benchmarks/copy_tokens.py counts them); the
+# tokenizer trained on syllables (`train_tokenizer.syllabify`) did (runs/recipe5).
 _TITLES = ("Dr", "Mr", "Ms")
 
 
