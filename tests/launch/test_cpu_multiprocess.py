@@ -37,9 +37,11 @@ def test_two_processes_equal_one_and_resume_in_one(tmp_path):
     # rounding amplified by AdamW: it divides each update by sqrt(v), and for an embedding row
     # of a token seen once, whose v is tiny, a 1e-7 difference in its gradient becomes up to
     # 5e-5 in its parameters (measured: 7 elements of 262,144 above 1e-5 at step 4, the largest
-    # 4.7e-5, every other parameter within 1e-5). A wrong gradient or a lost shard moves whole
-    # tensors, and the losses (to 1e-5, above) with them.
-    assert_trees_close(final_params(multi, 4), final_params(single, 4), atol=5e-5)
+    # 4.7e-5, every other parameter within 1e-5; with the syllable tokenizer's data, one expert
+    # weight of 16,384 was 5.8e-5 off after the resumed step 5: an expert that saw few tokens has
+    # a tiny v too). A wrong gradient or a lost shard moves whole tensors, and the losses (to
+    # 1e-5, above) with them.
+    assert_trees_close(final_params(multi, 4), final_params(single, 4), atol=1e-4)
 
     # The two processes' checkpoint (every row reader's data state in it) resumes in this one
     # process just as the single process's own does: one more step each.
@@ -47,7 +49,7 @@ def test_two_processes_equal_one_and_resume_in_one(tmp_path):
         summary = runner.run(stage1(*STEPS, "steps=5"), workdir, report=lambda _: None)
         assert summary["status"] == "finished" and summary["steps"] == 5
     np.testing.assert_allclose(losses(multi)[5], losses(single)[5], rtol=1e-5)
-    assert_trees_close(final_params(multi, 5), final_params(single, 5), atol=5e-5)
+    assert_trees_close(final_params(multi, 5), final_params(single, 5), atol=1e-4)
 
 
 def test_process_count_that_does_not_divide_the_devices(tmp_path):
