@@ -25,6 +25,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -166,8 +167,14 @@ def teachers(cmd: list[str], out: str, at_once: int) -> None:
             running.append((part, subprocess.Popen(cmd + ["--only", part], cwd=REPO,
                                                    stdout=log, stderr=subprocess.STDOUT), log))
             print(f"   {part}: logging to {log.name}", flush=True)
-        part, proc, log = running.pop(0)
-        if proc.wait():
+        # Whichever finishes first frees its place (waiting on the oldest would leave a core idle
+        # while a shorter teacher is done).
+        while all(proc.poll() is None for _, proc, _ in running):
+            time.sleep(5)
+        done = next(r for r in running if r[1].poll() is not None)
+        running.remove(done)
+        part, proc, log = done
+        if proc.returncode:
             failed.append(f"{part} (exit {proc.returncode})")
         log.close()
     if failed:
