@@ -157,7 +157,9 @@ def table(workdir: str, seeds: list[int], runs: int) -> str:
 def teachers(cmd: list[str], out: str, at_once: int) -> None:
     """Each domain's teacher in its own process (`a1jax.recipe --only`), `at_once` at a time,
     logged to OUT/logs/teacher_grpo_DOMAIN.log; raises if one fails. A `tiny` teacher's process
-    peaks at 6.5-9.5 GB here (3 at once on a 24 GB box: one was killed for memory)."""
+    grows to 11.5-12.5 GB here over its first steps (the update's batch of 32 x 1,024 tokens):
+    on a 24 GB box 2 at once were killed for memory after 55 steps (runs/recipe5), so the
+    default is 1."""
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     waiting, running, failed = list(DOMAINS), [], []
     while waiting or running:
@@ -187,7 +189,8 @@ def main() -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--parallel-teachers", type=int, default=1, metavar="N",
                    help="train (and evaluate) N teachers at once, `a1jax.recipe --only` each "
-                   "(the same work as in sequence; 2 on 2 cores: about 1.4x the throughput)")
+                   "(the same work as in sequence; 2 on 2 cores: about 1.4x the throughput and "
+                   "about 25 GB at the teachers' sizes)")
     p.add_argument("--eval-n", type=int, default=16)
     p.add_argument("--eval-runs", type=int, default=3)
     p.add_argument("--eval-horizons", default="1,2")
