@@ -285,13 +285,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = {f"{make_task(d, h, eval_seed(args.seed), i).id}-run{run}"
               for d in domains for h in horizons for i in range(args.n) for run in range(args.runs)}
     records = [r for r in records if r["id"] in wanted]
+    resumed = len(records) - total  # the time below is this run's: these took none of it
     rows = summarize(records, args.runs)
     took = time.perf_counter() - start
     who = ("the replayed references" if args.replay else
            f"{served['id']} served at {args.endpoint}" if args.endpoint else args.model)
     header = (f"Success of {who} on "
               f"held-out tasks (task seed {eval_seed(args.seed)}), {args.n} tasks x {args.runs} "
-              f"run(s) per cell; {took:.0f} s.")
+              f"run(s) per cell; {took:.0f} s" + (
+                  f" for the {total} episodes run now ({resumed} resumed)." if resumed else "."))
     cli.write_json(os.path.join(args.out, "results.json"), {
         "model": args.model, "replay": args.replay, "endpoint": args.endpoint,
         "served_model": served["id"] if args.endpoint else None, "seed": args.seed,

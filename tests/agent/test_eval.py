@@ -2,6 +2,7 @@
 that neither passes a random model nor fails the replayed references."""
 
 import json
+import re
 
 import pytest
 
@@ -53,6 +54,9 @@ def test_replay_scores_everything_writes_three_files_and_resumes(tmp_path, capsy
     out = capsys.readouterr().out
     assert "its last line was cut short (an interrupted write); dropped" in out
     assert "resuming: 23 episodes already in" in out
+    # The time it reports is this run's, for the one episode it ran.
+    assert re.search(r"run\(s\) per cell; \d+ s for the 1 episodes run now \(23 resumed\)\.$",
+                     (tmp_path / "results.md").read_text().splitlines()[0])
     assert sorted(path.read_text().splitlines()) == sorted(records)
     # Whole, but killed before its newline: the next record still starts on a line of its own.
     path.write_text("\n".join(records[:23]))
