@@ -154,7 +154,7 @@ def table(workdir: str, seeds: list[int], runs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def teachers(cmd: list[str], out: str, at_once: int) -> None:
+def teachers(cmd: list[str], out: str, at_once: int, poll: float = 5.0) -> None:
     """Each domain's teacher in its own process (`a1jax.recipe --only`), `at_once` at a time,
     logged to OUT/logs/teacher_grpo_DOMAIN.log; raises if one fails. A `tiny` teacher's process
     grows to 11.5-12.5 GB here over its first steps (the update's batch of 32 x 1,024 tokens):
@@ -172,7 +172,7 @@ def teachers(cmd: list[str], out: str, at_once: int) -> None:
         # Whichever finishes first frees its place (waiting on the oldest would leave a core idle
         # while a shorter teacher is done).
         while all(proc.poll() is None for _, proc, _ in running):
-            time.sleep(5)
+            time.sleep(poll)
         done = next(r for r in running if r[1].poll() is not None)
         running.remove(done)
         part, proc, log = done

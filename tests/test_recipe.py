@@ -3,11 +3,13 @@ evaluated, and skipped when finished; configs checked before anything compiles."
 
 import json
 import os
+import sys
 
 import pytest
 
 from a1jax import recipe
 from a1jax.errors import A1Error
+from tests.conftest import benchmark_module
 
 TWO_LAYERS = "model.extra=num_hidden_layers=2,layer_types=null"
 ARGS = ["--model", "tiny", "--domains", "kb_search", "--smoke", "--set", TWO_LAYERS,
@@ -86,3 +88,19 @@ def test_recipe_errors(tmp_path):
     assert [(c.stage, c.steps, c.rl.group_size) for c in parts] == [
         ("sft_full_domain", 9, 4), ("teacher_grpo_kb_search", 7, 4),
         ("teacher_grpo_files", 7, 2), ("opd_multi_teacher", 20, 4)]
+
+
+def test_study_starts_the_next_teacher_when_any_finishes(tmp_path):
+    """benchmarks/recipe_study.py's `teachers`, two at a time: files starts when calculator's
+    short run ends, not when the first started (kb_search) does; a failed one is named."""
+    study = benchmark_module("recipe_study")
+    script = ("import sys, time; part = sys.argv[-1]; "
+              "time.sleep({'teacher_grpo_kb_search': 5.0}.get(part, 0.2)); "
+              "print(part, time.time()); sys.exit(part.endswith('files'))")
+    with pytest.raises(SystemExit) as e:
+        study.teachers([sys.executable, "-c", script], str(tmp_path), 2, poll=0.05)
+    assert str(e.value) == ("teachers failed: teacher_grpo_files (exit 1); their logs are in "
+                            f"{tmp_path}/logs")
+    ended = {d: float((tmp_path / "logs" / f"teacher_grpo_{d}.log").read_text().split()[1])
+             for d in study.DOMAINS}
+    assert ended["calculator"] < ended["files"] < ended["kb_search"]
