@@ -157,9 +157,8 @@ def table(workdir: str, seeds: list[int], runs: int) -> str:
 def teachers(cmd: list[str], out: str, at_once: int, poll: float = 5.0) -> None:
     """Each domain's teacher in its own process (`a1jax.recipe --only`), `at_once` at a time,
     logged to OUT/logs/teacher_grpo_DOMAIN.log; raises if one fails. A `tiny` teacher's process
-    grows to 11.5-12.5 GB here over its first steps (the update's batch of 32 x 1,024 tokens):
-    on a 24 GB box 2 at once were killed for memory after 55 steps (runs/recipe5), so the
-    default is 1."""
+    reaches 11.5-12.5 GB resident here (runs/recipe5; where it goes was not broken down): on a
+    24 GB box 2 at once were killed for memory after 55 steps, so the default is 1."""
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     waiting, running, failed = list(DOMAINS), [], []
     while waiting or running:
