@@ -182,7 +182,18 @@ def teachers(cmd: list[str], out: str, at_once: int, poll: float = 5.0) -> None:
         raise SystemExit(f"teachers failed: {', '.join(failed)}; their logs are in {out}/logs")
 
 
-def main() -> int:
+def recipe_command(out: str, seed: int, args: argparse.Namespace) -> list[str]:
+    """One seed's `a1jax.recipe` command: the study's PARTS, then `args.part_set` (later
+    overrides win), then the seed of the RL parts."""
+    extra = [a for item in args.part_set for a in ("--part-set", item)]
+    return [sys.executable, "-m", "a1jax.recipe", "--workdir", out, "--model", "tiny",
+            *PARTS, *extra, "--part-set", f"teacher_grpo:seed={seed}",
+            "--part-set", f"opd_multi_teacher:seed={seed}",
+            "--eval-n", str(args.eval_n), "--eval-runs", str(args.eval_runs),
+            "--eval-horizons", args.eval_horizons]
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True)
     p.add_argument("--seeds", default="0,1,2")
@@ -193,7 +204,10 @@ def main() -> int:
     p.add_argument("--eval-n", type=int, default=16)
     p.add_argument("--eval-runs", type=int, default=3)
     p.add_argument("--eval-horizons", default="1,2")
-    args = p.parse_args()
+    p.add_argument("--part-set", action="append", default=[], metavar="PART:KEY=VALUE",
+                   help="an `a1jax.recipe --part-set` after the study's own (they win), e.g. "
+                   "sft_full_domain:init_from=DIR to start the SFT from another run's")
+    args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     workdir = os.path.abspath(args.workdir)
     for seed in seeds:
@@ -202,11 +216,7 @@ def main() -> int:
         shared = os.path.join(workdir, f"seed-{seeds[0]}", "sft_full_domain")
         if seed != seeds[0] and not os.path.exists(os.path.join(out, "sft_full_domain")):
             os.symlink(shared, os.path.join(out, "sft_full_domain"))
-        cmd = [sys.executable, "-m", "a1jax.recipe", "--workdir", out, "--model", "tiny",
-               *PARTS, "--part-set", f"teacher_grpo:seed={seed}",
-               "--part-set", f"opd_multi_teacher:seed={seed}",
-               "--eval-n", str(args.eval_n), "--eval-runs", str(args.eval_runs),
-               "--eval-horizons", args.eval_horizons]
+        cmd = recipe_command(out, seed, args)
         print(f"== seed {seed}: {' '.join(cmd[1:])}", flush=True)
         if args.parallel_teachers > 1:
             subprocess.run(cmd + ["--only", "sft_full_domain"], cwd=REPO, check=True)
@@ -220,7 +230,9 @@ def main() -> int:
             f"per cell) of one SFT model and, over training seeds {args.seeds}, its GRPO "
             "teachers (each on its own domain) and the student distilled from them: mean "
             "[min, max] over the seeds. `python benchmarks/recipe_study.py --workdir "
-            f"{args.workdir} --seeds {args.seeds} --eval-n {args.eval_n}`.\n\n"
+            f"{args.workdir} --seeds {args.seeds} --eval-n {args.eval_n} --eval-horizons "
+            f"{args.eval_horizons}{''.join(' --part-set ' + item for item in args.part_set)}`."
+            "\n\n"
             + table(workdir, seeds, args.eval_runs)
             + "\nBehind the success rates, on the same episodes (`behaviour` in the script):\n\n"
             + behaviour_table(workdir, seeds))

@@ -104,3 +104,22 @@ def test_study_starts_the_next_teacher_when_any_finishes(tmp_path):
     ended = {d: float((tmp_path / "logs" / f"teacher_grpo_{d}.log").read_text().split()[1])
              for d in study.DOMAINS}
     assert ended["calculator"] < ended["files"] < ended["kb_search"]
+
+
+def test_study_part_sets_win_over_its_own(tmp_path):
+    """benchmarks/recipe_study.py --part-set: given after the study's PARTS, so a1jax.recipe
+    applies them last (the SFT's steps and start); the seed still reaches the RL parts."""
+    study = benchmark_module("recipe_study")
+    args = study.argparse.Namespace(
+        part_set=["sft_full_domain:steps=300", f"sft_full_domain:init_from={tmp_path}",
+                  "teacher_grpo:rl.horizon_min=2"],
+        eval_n=16, eval_runs=3, eval_horizons="1,2,3")
+    cmd = study.recipe_command(str(tmp_path / "seed-1"), 1, args)
+    sets = [cmd[k + 1] for k, a in enumerate(cmd) if a == "--set"]
+    part_sets = [cmd[k + 1] for k, a in enumerate(cmd) if a == "--part-set"]
+    sft, *teachers, opd = recipe.configs("tiny", str(tmp_path / "seed-1"),
+                                         domains=study.DOMAINS, sets=sets, part_sets=part_sets)
+    assert (sft.steps, sft.init_from, sft.data.horizon_max) == (300, str(tmp_path), 2)
+    assert [(t.rl.horizon_min, t.rl.horizon_max, t.seed) for t in teachers] == [(2, 2, 1)] * 3
+    assert (opd.seed, opd.rl.horizon_min) == (1, 1)
+    assert cmd[-2:] == ["--eval-horizons", "1,2,3"]
