@@ -2,7 +2,7 @@ r"""The toy recipe study of docs/recipe.md: one full-domain SFT model, then for 
 the GRPO teachers and the distilled student, every model evaluated on the same held-out tasks.
 
     python benchmarks/recipe_study.py --workdir runs/recipe_study --seeds 0,1,2 [--eval-n 16] \
-        [--parallel-teachers 2]
+        [--eval-horizons 1,2] [--parallel-teachers 2] [--part-set PART:KEY=VALUE ...]
 
 Each seed is `python -m a1jax.recipe` in WORKDIR/seed-N with `teacher_grpo:seed=N` and
 `opd_multi_teacher:seed=N` (the seed of their rollouts); the SFT part is the same for every seed
@@ -15,6 +15,8 @@ own domain) and of the student's, and, from the same episodes, what each model d
 the right operator, whether files tasks that need a move are solved). Rerunning resumes:
 finished parts are skipped, evaluations extend their episodes. `--parallel-teachers N` trains N
 of a seed's teachers at a time (`a1jax.recipe --only`, after the SFT part), then runs the rest.
+`--part-set` overrides a part's setting after the study's own (docs/recipe.md's runs/recipe6
+starts the SFT from runs/recipe5's and extends it to horizon 3 this way).
 """
 
 from __future__ import annotations
