@@ -13,8 +13,11 @@ training seed (training uses the experiment's small `seed`). Each task runs `--r
 (sampling seeds differ per run). Writes DIR/episodes.jsonl (one record per episode, as it
 ends: a rerun skips the episodes already there), DIR/results.json, DIR/results.md and
 DIR/success_by_horizon.png: per domain and horizon, Avg@runs (mean pass@1 over the runs),
-Pass@runs (solved in any run), Best@1 (the best run's rate), how episodes ended (finished /
-truncated / aborted), and the mean turns, tool calls, malformed calls and assistant tokens.
+Pass@runs (solved in any run), Best@1 (the best run's rate), `reference` (the share of the
+tasks their reference solutions solve within the same budgets: below 1, a cell is capped for a
+model that imitates them, and a warning says so before any episode runs), how episodes ended
+(finished / truncated / aborted), and the mean turns, tool calls, malformed calls and assistant
+tokens.
 """
 
 from __future__ import annotations
@@ -65,8 +68,10 @@ def summarize(records: list[dict[str, Any]], runs: int) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]], runs: int, header: str = "") -> str:
-    cols = ["domain", "horizon", f"avg@{runs}", f"pass@{runs}", "best@1", "finished",
-            "truncated", "aborted", "turns", "tool_calls", "malformed_calls", "assistant_tokens"]
+    cols = ["domain", "horizon", f"avg@{runs}", f"pass@{runs}", "best@1"]
+    cols += ["reference"] if rows and "reference" in rows[0] else []
+    cols += ["finished", "truncated", "aborted", "turns", "tool_calls", "malformed_calls",
+             "assistant_tokens"]
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
     lines = ([header, ""] if header else []) + [
         "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -95,6 +100,24 @@ def plot(rows: list[dict[str, Any]], runs: int, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def reference_success(tasks: Sequence[Any], renderer, budgets, slots: int
+                      ) -> dict[tuple[str, int], float]:
+    """Per (domain, horizon): the share of `tasks` their reference solutions solve when replayed
+    through the same loop within `budgets`. Below 1, the budgets (most often the context) cut
+    the references off: a model that imitates them is capped there, and only a shorter solution
+    than the reference can pass those tasks (docs/recipe.md's runs/recipe6 was read against
+    such a cap)."""
+    from a1jax.agent.episode import run_episodes
+    from a1jax.agent.replay import ReplayPolicy
+
+    episodes = run_episodes(tasks, ReplayPolicy(renderer, slots), renderer, slots=slots,
+                            budgets=budgets)
+    cells: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for task, episode in zip(tasks, episodes):
+        cells[(task.domain, task.horizon)].append(float(episode.reward))
+    return {cell: float(np.mean(v)) for cell, v in cells.items()}
 
 
 def success_during_training(engine, tokenizer, settings: dict[str, Any], seed: int
@@ -239,12 +262,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine = Engine(config, params, batch=args.batch, max_len=args.max_context, spec=spec)
     renderer = Renderer(tokenizer, template_for(tokenizer))
 
+    tasks = [make_task(d, h, eval_seed(args.seed), i) for d in domains for h in horizons
+             for i in range(args.n)]
+    reference = reference_success(tasks, renderer, budgets, args.batch)
+    for (domain, horizon), share in sorted(reference.items()):
+        if share < 1:
+            print(f"warning: {domain} h{horizon}: the reference solutions solve "
+                  f"{round(share * args.n)} of {args.n} tasks within these budgets (--max-context "
+                  f"{args.max_context}, --max-turns {args.max_turns}, --max-turn-tokens "
+                  f"{args.max_turn_tokens}): a model imitating them is capped at {share:.3f} "
+                  "there (the 'reference' column)")
     path = os.path.join(args.out, "episodes.jsonl")
     records = read_episodes(path)
     have = {r["id"] for r in records}
-    todo = {run: [t for d in domains for h in horizons for i in range(args.n)
-                  if f"{(t := make_task(d, h, eval_seed(args.seed), i)).id}-run{run}" not in have]
-            for run in range(args.runs)}
+    todo = {run: [t for t in tasks if f"{t.id}-run{run}" not in have] for run in range(args.runs)}
     total = sum(len(v) for v in todo.values())
     if records:
         print(f"resuming: {len(records)} episodes already in {path}, {total} to run")
@@ -259,8 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             bar.set_postfix(solved=f"{sum(r['metadata']['episode']['reward'] for r in records):.0f}"
                             f"/{len(records)}")
 
-        for run, tasks in todo.items():
-            if not tasks:
+        for run, pending in todo.items():
+            if not pending:
                 continue
             if args.replay:
                 policy = ReplayPolicy(renderer, args.batch)
@@ -275,18 +306,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     seed=args.seed * 1000 + run)
                 policy = EnginePolicy(engine, sampling)
             try:
-                run_episodes(tasks, policy, renderer, slots=args.batch, budgets=budgets,
+                run_episodes(pending, policy, renderer, slots=args.batch, budgets=budgets,
                              on_done=on_done, run=run)
             except A1Error as e:
                 bar.close()
                 raise type(e)(f"{e}\n{len(records)} episodes are kept in {path}; the same "
                               f"command resumes from them") from None
     bar.close()
-    wanted = {f"{make_task(d, h, eval_seed(args.seed), i).id}-run{run}"
-              for d in domains for h in horizons for i in range(args.n) for run in range(args.runs)}
+    wanted = {f"{t.id}-run{run}" for t in tasks for run in range(args.runs)}
     records = [r for r in records if r["id"] in wanted]
     resumed = len(records) - total  # the time below is this run's: these took none of it
-    rows = summarize(records, args.runs)
+    rows = [{**row, "reference": reference[(row["domain"], row["horizon"])]}
+            for row in summarize(records, args.runs)]
     took = time.perf_counter() - start
     who = ("the replayed references" if args.replay else
            f"{served['id']} served at {args.endpoint}" if args.endpoint else args.model)

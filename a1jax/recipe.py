@@ -94,17 +94,25 @@ def evaluate(stage_dir: str, out: str, args: argparse.Namespace, domains: Sequen
 
 def comparison(results: dict[str, list[dict[str, Any]]], runs: int) -> str:
     """Markdown: per domain and horizon, avg@runs of the SFT model, of the domain's teacher, and
-    of the distilled student."""
+    of the distilled student, and the reference solutions' own success within the evaluations'
+    budgets (the lowest of the three: a cell below 1 is capped for a model that imitates them)."""
     key = f"avg@{runs}"
     cell = {(stage, r["domain"], r["horizon"]): r[key] for stage, rows in results.items()
             for r in rows}
-    lines = [f"| domain | horizon | SFT {key} | teacher {key} | OPD student {key} |",
-             "|---|---|---|---|---|"]
+    ceiling: dict[tuple[str, int], float] = {}
+    for rows in results.values():
+        for r in rows:
+            if "reference" in r:
+                where = (r["domain"], r["horizon"])
+                ceiling[where] = min(ceiling.get(where, 1.0), r["reference"])
+    lines = [f"| domain | horizon | SFT {key} | teacher {key} | OPD student {key} | reference |",
+             "|---|---|---|---|---|---|"]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for (stage, domain, horizon) in sorted(k for k in cell if k[0] == "sft_full_domain"):
         lines.append(f"| {domain} | {horizon} | {fmt(cell[(stage, domain, horizon)])} | "
                      f"{fmt(cell.get((f'teacher_grpo_{domain}', domain, horizon)))} | "
-                     f"{fmt(cell.get(('opd_multi_teacher', domain, horizon)))} |")
+                     f"{fmt(cell.get(('opd_multi_teacher', domain, horizon)))} | "
+                     f"{fmt(ceiling.get((domain, horizon)))} |")
     return "\n".join(lines) + "\n"
 
 

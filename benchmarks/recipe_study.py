@@ -10,9 +10,11 @@ Each seed is `python -m a1jax.recipe` in WORKDIR/seed-N with `teacher_grpo:seed=
 parts' training. Evaluation: `a1jax.eval`'s default sampling (the paper's release settings),
 task seed offset 0, `--eval-runs` runs per task. Writes WORKDIR/study.md: per domain and horizon,
 the SFT model's avg@runs and, over the seeds, the mean and the range of each teacher's (on its
-own domain) and of the student's, and, from the same episodes, what each model does
-(`behaviour`: whether kb_search searches the named person, whether calculator's first call has
-the right operator, whether files tasks that need a move are solved). Rerunning resumes:
+own domain) and of the student's, the reference solutions' own success within the evaluation's
+budgets (`reference`: below 1, the context or turn budget cuts them off), and, from the same
+episodes, what each model does (`behaviour`: whether kb_search searches the named person,
+whether calculator's first call has the right operator, whether files episodes read every
+listed file and whether files tasks that need a move are solved). Rerunning resumes:
 finished parts are skipped, evaluations extend their episodes. `--parallel-teachers N` trains N
 of a seed's teachers at a time (`a1jax.recipe --only`, after the SFT part), then runs the rest.
 `--part-set` overrides a part's setting after the study's own (docs/recipe.md's runs/recipe6
@@ -54,11 +56,12 @@ PARTS = [
 ]
 
 
-def rows(path: str) -> dict[tuple[str, int], float]:
+def rows(path: str, key: str = "") -> dict[tuple[str, int], float]:
+    """An evaluation's avg@runs (or `key`) per (domain, horizon), from its results.json."""
     with open(os.path.join(path, "results.json")) as f:
         results = json.load(f)
-    key = f"avg@{results['runs']}"
-    return {(r["domain"], r["horizon"]): r[key] for r in results["rows"]}
+    key = key or f"avg@{results['runs']}"
+    return {(r["domain"], r["horizon"]): r[key] for r in results["rows"] if key in r}
 
 
 DOMAINS = ("kb_search", "calculator", "files")  # a1jax.recipe's default, one teacher each
@@ -76,7 +79,7 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     counted the report alone)."""
     from a1jax.agent.environment import make_environment, make_task
 
-    named, right_op, read, moved = [], [], [], []
+    named, right_op, read, moved, every = [], [], [], [], []
     with open(episodes_path) as f:
         for line in f:
             e = json.loads(line)
@@ -87,8 +90,9 @@ def behaviour(episodes_path: str) -> dict[str, float]:
                                  for c, a in zip(calls, args)))
             if e["domain"] == "files":
                 paths = [a.get("path") for c, a in zip(calls, args) if c["name"] == "read_file"]
-                read.append(bool(paths) and paths[0] in
-                            {f"/inbox/{f}" for f in e["verifier"]["inbox"]})
+                inbox = {f"/inbox/{f}" for f in e["verifier"]["inbox"]}
+                read.append(bool(paths) and paths[0] in inbox)
+                every.append(inbox <= set(paths))
             if e["domain"] == "files" and any(v % 2 == 0 for v in
                                               e["verifier"]["inbox"].values()):
                 meta, last = e["metadata"], e["messages"][-1]
@@ -107,6 +111,8 @@ def behaviour(episodes_path: str) -> dict[str, float]:
         out["kb_search: searched the start person"] = float(np.mean(named))
     if read:
         out["files: first read opens a listed file"] = float(np.mean(read))
+    if every:
+        out["files: read every listed file"] = float(np.mean(every))
     if moved:
         out["files: solved where a file must move"] = float(np.mean(moved))
     if right_op:
@@ -146,13 +152,23 @@ def table(workdir: str, seeds: list[int], runs: int) -> str:
                         rows(os.path.join(evals, f"teacher_grpo_{domain}")).items()})
         per_seed.append(got)
 
+    # The reference solutions' own success within each evaluation's budgets, the lowest over
+    # the evaluations of the cell (a1jax.eval's `reference`; absent in older results).
+    stages = ["opd_multi_teacher"] + [f"teacher_grpo_{d}" for d in sorted({d for d, _ in sft})]
+    evals = [os.path.join(workdir, f"seed-{seeds[0]}", "eval", "sft_full_domain")] + [
+        os.path.join(workdir, f"seed-{seed}", "eval", stage) for seed in seeds for stage in stages]
+    ceiling: dict[tuple[str, int], float] = {}
+    for path in evals:
+        for cell, value in rows(path, "reference").items():
+            ceiling[cell] = min(ceiling.get(cell, 1.0), value)
     lines = [f"| domain | horizon | SFT avg@{runs} | teacher avg@{runs} | OPD student "
-             f"avg@{runs} |", "|---|---|---|---|---|"]
+             f"avg@{runs} | reference |", "|---|---|---|---|---|---|"]
     for (domain, horizon), base in sorted(sft.items()):
         teacher = [s[("teacher", domain, horizon)] for s in per_seed]
         student = [s["opd"][(domain, horizon)] for s in per_seed]
+        cap = ceiling.get((domain, horizon))
         lines.append(f"| {domain} | {horizon} | {base:.3f} | {spread(teacher)} | "
-                     f"{spread(student)} |")
+                     f"{spread(student)} | {'-' if cap is None else f'{cap:.3f}'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -35,7 +35,8 @@ def test_recipe_runs_in_order_then_skips_what_is_finished(tmp_path, capsys):
         assert json.load(f)["init_from"] == os.path.join(workdir, "sft_full_domain")
     with open(os.path.join(workdir, "results.md")) as f:
         table = f.read()
-    assert "| domain | horizon | SFT avg@1 | teacher avg@1 | OPD student avg@1 |" in table
+    assert ("| domain | horizon | SFT avg@1 | teacher avg@1 | OPD student avg@1 | reference |"
+            in table)
     assert "| kb_search | 1 | " in table
     from a1jax import plot
     assert [os.path.basename(p) for p in plot.plot(workdir, str(tmp_path / "plots"))] == [
@@ -56,6 +57,17 @@ def test_recipe_runs_in_order_then_skips_what_is_finished(tmp_path, capsys):
         f"== teacher_grpo_kb_search ({os.path.join(workdir, 'teacher_grpo_kb_search')})"]
     assert alone.count("resuming: 1 episodes already in") == 1
     assert not os.path.exists(os.path.join(workdir, "results.md"))
+
+
+def test_comparison_shows_the_lowest_reference_of_a_cell():
+    row = lambda domain, avg, ref: {"domain": domain, "horizon": 3, "avg@3": avg,  # noqa: E731
+                                    "reference": ref}
+    table = recipe.comparison({
+        "sft_full_domain": [row("files", 0.25, 1.0), row("kb_search", 0.0, 0.5)],
+        "teacher_grpo_files": [row("files", 0.5, 0.75)],
+        "opd_multi_teacher": [row("files", 0.375, 1.0), row("kb_search", 0.125, 0.5)]}, runs=3)
+    assert table.splitlines()[2:] == ["| files | 3 | 0.250 | 0.500 | 0.375 | 0.750 |",
+                                      "| kb_search | 3 | 0.000 | - | 0.125 | 0.500 |"]
 
 
 def test_recipe_errors(tmp_path):
@@ -123,3 +135,46 @@ def test_study_part_sets_win_over_its_own(tmp_path):
     assert [(t.rl.horizon_min, t.rl.horizon_max, t.seed) for t in teachers] == [(2, 2, 1)] * 3
     assert (opd.seed, opd.rl.horizon_min) == (1, 1)
     assert cmd[-2:] == ["--eval-horizons", "1,2,3"]
+
+
+def test_study_table_and_behaviour_show_the_cap_and_skipped_files(tmp_path):
+    """benchmarks/recipe_study.py: the table's `reference` is the lowest over every evaluation
+    of the cell; `behaviour` counts files episodes that read every listed file."""
+    from a1jax.data import schema, synth
+
+    study = benchmark_module("recipe_study")
+
+    def results(stage, seed, avg, ref):
+        os.makedirs(tmp_path / f"seed-{seed}" / "eval" / stage)
+        with open(tmp_path / f"seed-{seed}" / "eval" / stage / "results.json", "w") as f:
+            json.dump({"runs": 3, "rows": [{"domain": "files", "horizon": 3, "avg@3": avg,
+                                            "reference": ref}]}, f)
+
+    results("sft_full_domain", 0, 0.25, 1.0)
+    for seed, teacher, student, ref in [(0, 0.5, 0.375, 1.0), (1, 0.75, 0.5, 0.8125)]:
+        results("teacher_grpo_files", seed, teacher, ref)
+        results("opd_multi_teacher", seed, student, 1.0)
+    assert study.table(str(tmp_path), [0, 1], 3).splitlines()[2] == (
+        "| files | 3 | 0.250 | 0.625 [0.500, 0.750] | 0.438 [0.375, 0.500] | 0.812 |")
+
+    traj = schema.validate(synth.make_trajectory("files", 3, synth.EVAL_SEED_BASE, 0))
+    last = "/inbox/" + sorted(traj["verifier"]["inbox"])[-1]
+    skipped, drop = [], False
+    for m in traj["messages"]:  # the last file's read (and its answer) left out
+        calls = m.get("tool_calls") or []
+        if drop and m["role"] == "tool":
+            drop = False
+            continue
+        if any(c["function"]["name"] == "read_file" and c["function"]["arguments"]["path"] == last
+               for c in calls):
+            drop = True
+            continue
+        skipped.append(m)
+    meta = {"horizon": 3, "seed": synth.EVAL_SEED_BASE, "index": 0,
+            "episode": {"status": "finished"}}
+    with open(tmp_path / "episodes.jsonl", "w") as f:
+        for messages in (traj["messages"], skipped):
+            f.write(json.dumps({"domain": "files", "messages": messages,
+                                "verifier": traj["verifier"], "metadata": meta}) + "\n")
+    assert study.behaviour(str(tmp_path / "episodes.jsonl"))[
+        "files: read every listed file"] == 0.5

@@ -37,7 +37,7 @@ def test_replay_scores_everything_writes_three_files_and_resumes(tmp_path, capsy
     assert len(results["rows"]) == 6  # 3 domains x 2 horizons
     for row in results["rows"]:
         assert (row["avg@2"], row["pass@2"], row["best@1"], row["finished"]) == (1, 1, 1, 1)
-        assert row["tasks"] == 2 and row["episodes"] == 4
+        assert row["tasks"] == 2 and row["episodes"] == 4 and row["reference"] == 1.0
     assert (tmp_path / "success_by_horizon.png").stat().st_size > 0
     assert "| calculator | 1 | 1.000 |" in (tmp_path / "results.md").read_text()
     records = (tmp_path / "episodes.jsonl").read_text().splitlines()
@@ -65,6 +65,30 @@ def test_replay_scores_everything_writes_three_files_and_resumes(tmp_path, capsy
     path.write_text("\n".join(records[:5] + ["{cut", records[6]]) + "\n")
     with pytest.raises(A1Error, match=r"episodes.jsonl: line 6 is not JSON$"):
         evaluate.main(argv)
+
+
+def test_reference_column_shows_the_cells_the_budgets_cut_off(tmp_path, capsys):
+    # 1,024 tokens hold calculator's horizon-3 references but not kb_search's (about 1,125
+    # tokens): replayed, those fail, and the column and the warning say so before any episode.
+    argv = ["--replay", "--domains", "calculator,kb_search", "--horizons", "3", "--n", "2",
+            "--runs", "1", "--max-turns", "12", "--max-turn-tokens", "256",
+            "--max-context", "1024", "--out", str(tmp_path)]
+    assert evaluate.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = {r["domain"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert rows["calculator"]["reference"] == rows["calculator"]["avg@1"] == 1.0
+    assert rows["kb_search"]["reference"] == rows["kb_search"]["avg@1"] == 0.0
+    assert rows["kb_search"]["truncated"] == 1.0
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: kb_search h3: the reference solutions solve 0 of 2 tasks within these budgets "
+        "(--max-context 1024, --max-turns 12, --max-turn-tokens 256): a model imitating them is "
+        "capped at 0.000 there (the 'reference' column)"]
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert table[2] == ("| domain | horizon | avg@1 | pass@1 | best@1 | reference | finished | "
+                        "truncated | aborted | turns | tool_calls | malformed_calls | "
+                        "assistant_tokens |")
+    assert table[5].startswith("| kb_search | 3 | 0.000 | 0.000 | 0.000 | 0.000 | 0.000 | 1.000 |")
 
 
 def test_a_random_model_solves_nothing(tmp_path):
