@@ -101,6 +101,31 @@ def rollout_tasks(c: ml_collections.ConfigDict, settings: dict[str, Any], step: 
     return [t for t in tasks for _ in range(settings["group_size"])]
 
 
+def episode_budgets(c: ml_collections.ConfigDict) -> Budgets:
+    """A training episode's budgets: its turns, tokens per turn, and the context (seq_len)."""
+    return Budgets(max_turns=c.rl.max_turns, max_turn_tokens=c.rl.max_turn_tokens,
+                   max_response_tokens=c.seq_len, max_context=c.seq_len)
+
+
+def capped_horizons(c: ml_collections.ConfigDict, settings: dict[str, Any], renderer: Renderer,
+                    n: int = 8) -> list[str]:
+    """A warning for each (domain, horizon) the run trains on whose reference solutions do not
+    all fit a training episode's budgets (the first `n` of its training tasks replayed, as
+    `a1jax.eval`'s `reference` column does): there a policy is rewarded only for a solution
+    shorter than the reference, or for a guess (runs/recipe6 trained horizon 3 in a 1,024-token
+    context that held no kb_search reference, docs/recipe.md)."""
+    from a1jax.eval import reference_success
+
+    lo, hi = settings["horizons"]
+    tasks = [make_task(d, h, c.seed, i) for d in settings["domains"] for h in range(lo, hi + 1)
+             for i in range(n)]
+    return [f"{c.stage}: warning: {domain} h{horizon}: {round(share * n)} of {n} training "
+            f"tasks' reference solutions fit an episode (seq_len {c.seq_len}, rl.max_turns "
+            f"{c.rl.max_turns}, rl.max_turn_tokens {c.rl.max_turn_tokens})"
+            for (domain, horizon), share in sorted(reference_success(
+                tasks, renderer, episode_budgets(c), slots=len(tasks)).items()) if share < 1]
+
+
 def episode_batch(episodes: list[Episode], seq_len: int) -> dict[str, np.ndarray]:
     """The episodes' recorded tokens as a training batch, one episode per row (episodes fit:
     their context is seq_len). At position t: targets the token t + 1, loss_mask 1 where the
@@ -208,8 +233,7 @@ class Learner:
         self.c, self.plan, self.trainer, self.settings = c, plan, trainer, settings
         self.algorithm = settings["algorithm"]
         self.renderer = Renderer(tokenizer, template_for(tokenizer))
-        self.budgets = Budgets(max_turns=c.rl.max_turns, max_turn_tokens=c.rl.max_turn_tokens,
-                               max_response_tokens=c.seq_len, max_context=c.seq_len)
+        self.budgets = episode_budgets(c)
         self.sampling = SamplingParams(temperature=c.rl.temperature,
                                        max_new_tokens=c.rl.max_turn_tokens,
                                        stop_tokens=tuple(default_stop_tokens(config, tokenizer)))
@@ -369,6 +393,8 @@ def run(c: ml_collections.ConfigDict, workdir: str, *,
            f"{g} samples")
     trainer = runner.build(plan)
     learner = Learner(plan, trainer, settings, tokenizer, report)
+    for warning in capped_horizons(c, settings, learner.renderer):
+        report(warning)
     checkpoints, meta = runner.open_checkpoints(c, plan)
     start = checkpoints.latest_step()
     position = {"step": 0, "policy_version": 0, "episodes": 0}

@@ -186,7 +186,15 @@ def test_opd_with_the_sampled_token_estimator(grpo_run, tmp_path):
         start = (f"init_from={grpo_run}",) if teacher_is_student else ()
         sets = OPD_SETS + ("steps=1", "distill.mode=sampled_token",
                            f"distill.teachers=*={grpo_run}") + start
-        runner.run(config(OPD, *sets), workdir, **quiet)
+        said: list[str] = []
+        c = config(OPD, *sets)
+        runner.run(c, workdir, report=said.append)
+        # Turns of 16 tokens hold no reference's: every trained cell is named before step 1.
+        lo, hi = experiment.rl_settings(c)["horizons"]
+        assert [line for line in said if "warning:" in line] == [
+            f"opd_multi_teacher: warning: {d} h{h}: 0 of 8 training tasks' reference solutions "
+            f"fit an episode (seq_len {c.seq_len}, rl.max_turns {c.rl.max_turns}, "
+            "rl.max_turn_tokens 16)" for d in sorted(experiment.DOMAINS) for h in range(lo, hi + 1)]
         first = train_records(workdir)[1]
         if teacher_is_student:
             assert first["reverse_kl"] == pytest.approx(0.0, abs=1e-6)
@@ -310,3 +318,22 @@ def test_paper_files_validate_at_35b_on_8_devices(path, tmp_path):
         c.distill.mode = "full_vocab"  # the exact reverse KL: every token in the set
         assert (experiment.rl_settings(c)["top_k"], experiment.rl_settings(c)["loss_mode"]) \
             == (248_320, "renormalised")
+
+
+def test_the_learner_names_the_horizons_whose_references_do_not_fit():
+    """The tiny teacher file trains kb_search on horizons 1-4 in 1,024 tokens: its reference
+    solutions fit 7 of 8 episodes at horizon 2 and none at 3-4 (runs/recipe6's cap); in 2,048
+    tokens all of them fit, and no warning is left."""
+    from a1jax.agent.episode import Renderer
+    from a1jax.data.chat_template import template_for
+    from a1jax.data.tokenizer import load_tokenizer
+
+    c = curriculum.load_experiment(GRPO, "model=tiny")
+    tokenizer = load_tokenizer()
+    renderer = Renderer(tokenizer, template_for(tokenizer))
+    budgets = "(seq_len 1024, rl.max_turns 12, rl.max_turn_tokens 256)"
+    assert learner.capped_horizons(c, experiment.rl_settings(c), renderer) == [
+        f"teacher_grpo_kb_search: warning: kb_search h{h}: {k} of 8 training tasks' reference "
+        f"solutions fit an episode {budgets}" for h, k in [(2, 7), (3, 0), (4, 0)]]
+    c.seq_len = 2048
+    assert learner.capped_horizons(c, experiment.rl_settings(c), renderer) == []
