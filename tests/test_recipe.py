@@ -13,6 +13,7 @@ from tests.conftest import benchmark_module
 
 TWO_LAYERS = "model.extra=num_hidden_layers=2,layer_types=null"
 ARGS = ["--model", "tiny", "--domains", "kb_search", "--smoke", "--set", TWO_LAYERS,
+        "--set", "seq_len=1024",
         "--eval-n", "1", "--eval-runs", "1", "--eval-horizons", "1"]
 
 

@@ -15,9 +15,9 @@ from a1jax import experiment
 from experiments import models
 
 # model -> (sequence length = episode context, episodes per step, steps, learning rate)
-SIZES = {
-    "tiny": (1024, 8, 20, 1e-4),
-    "bench": (1024, 16, 60, 3e-5),
+SIZES = {  # the toy context: teacher_grpo.py's, which holds every reference of horizons 1-4
+    "tiny": (2048, 8, 20, 1e-4),
+    "bench": (2048, 16, 60, 3e-5),
     "agents_a1_35b": (32_768, 96, 300, 1e-6),
 }
 

@@ -23,12 +23,14 @@ GRPO = os.path.join(REPO, "experiments", "paper", "teacher_grpo.py")
 OPD = os.path.join(REPO, "experiments", "paper", "opd_multi_teacher.py")
 TWO_LAYERS = "model.extra=num_hidden_layers=2,layer_types=null"
 # A random start, and a reward its samples vary under (tests/rl/rewards.py).
-GRPO_SETS = ("requires_init=False", "rl.reward=tests.rl.rewards:first_token_even", "steps=4",
-             "checkpoint.every=1", "checkpoint.keep=10", "rl.max_turn_tokens=16",
-             "optim.learning_rate=0.01", TWO_LAYERS)
-OPD_SETS = ("requires_init=False", "steps=4", "checkpoint.every=1", "checkpoint.keep=10",
-            "rl.max_turn_tokens=16",
-            "optim.learning_rate=0.001", TWO_LAYERS)
+# 1,024 tokens (the files' toy context is 2,048): rollouts of at most 2 turns of 16 tokens.
+GRPO_SETS = ("seq_len=1024", "requires_init=False",
+             "rl.reward=tests.rl.rewards:first_token_even", "steps=4", "checkpoint.every=1",
+             "checkpoint.keep=10", "rl.max_turn_tokens=16", "optim.learning_rate=0.01",
+             TWO_LAYERS)
+OPD_SETS = ("seq_len=1024", "requires_init=False", "steps=4", "checkpoint.every=1",
+            "checkpoint.keep=10", "rl.max_turn_tokens=16", "optim.learning_rate=0.001",
+            TWO_LAYERS)
 quiet = dict(report=lambda _: None)
 
 
@@ -321,14 +323,16 @@ def test_paper_files_validate_at_35b_on_8_devices(path, tmp_path):
 
 
 def test_the_learner_names_the_horizons_whose_references_do_not_fit():
-    """The tiny teacher file trains kb_search on horizons 1-4 in 1,024 tokens: its reference
-    solutions fit 7 of 8 episodes at horizon 2 and none at 3-4 (runs/recipe6's cap); in 2,048
-    tokens all of them fit, and no warning is left."""
+    """The tiny teacher file's kb_search, horizons 1-4, in 1,024 tokens: its reference
+    solutions fit 7 of 8 episodes at horizon 2 and none at 3-4 (runs/recipe6's cap); in the
+    file's own 2,048 tokens all of them fit, and no warning is left."""
     from a1jax.agent.episode import Renderer
     from a1jax.data.chat_template import template_for
     from a1jax.data.tokenizer import load_tokenizer
 
     c = curriculum.load_experiment(GRPO, "model=tiny")
+    assert c.seq_len == 2048
+    c.seq_len = 1024
     tokenizer = load_tokenizer()
     renderer = Renderer(tokenizer, template_for(tokenizer))
     budgets = "(seq_len 1024, rl.max_turns 12, rl.max_turn_tokens 256)"
