@@ -102,24 +102,6 @@ def plot(rows: list[dict[str, Any]], runs: int, path: str) -> None:
     plt.close(fig)
 
 
-def reference_success(tasks: Sequence[Any], renderer, budgets, slots: int
-                      ) -> dict[tuple[str, int], float]:
-    """Per (domain, horizon): the share of `tasks` their reference solutions solve when replayed
-    through the same loop within `budgets`. Below 1, the budgets (most often the context) cut
-    the references off: a model that imitates them is capped there, and only a shorter solution
-    than the reference can pass those tasks (docs/recipe.md's runs/recipe6 was read against
-    such a cap)."""
-    from a1jax.agent.episode import run_episodes
-    from a1jax.agent.replay import ReplayPolicy
-
-    episodes = run_episodes(tasks, ReplayPolicy(renderer, slots), renderer, slots=slots,
-                            budgets=budgets)
-    cells: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for task, episode in zip(tasks, episodes):
-        cells[(task.domain, task.horizon)].append(float(episode.reward))
-    return {cell: float(np.mean(v)) for cell, v in cells.items()}
-
-
 def success_during_training(engine, tokenizer, settings: dict[str, Any], seed: int
                             ) -> dict[str, float]:
     """One greedy run of `settings` (experiment.agent_eval_settings) with the engine's current
@@ -225,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from a1jax.agent.environment import ENVIRONMENTS, make_task
     from a1jax.agent.episode import Budgets, EnginePolicy, Renderer, run_episodes
-    from a1jax.agent.replay import ReplayPolicy
+    from a1jax.agent.replay import ReplayPolicy, reference_success
     from a1jax.data.chat_template import template_for
     from a1jax.data.tokenizer import load_tokenizer
     from a1jax.generate import default_stop_tokens

@@ -6,10 +6,13 @@ through, so an evaluation that scores it below 100% has a bug in that path, not 
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Sequence
 
+import numpy as np
+
 from a1jax.agent.environment import Task
-from a1jax.agent.episode import Renderer
+from a1jax.agent.episode import Budgets, Renderer, run_episodes
 from a1jax.data.chat_template import render
 from a1jax.data.schema import validate
 from a1jax.infer.engine import Generated
@@ -50,3 +53,18 @@ class ReplayPolicy:
             turn = turn[:max_new_tokens]
             out[slot] = Generated(turn, [0.0] * len(turn), finish)
         return out
+
+
+def reference_success(tasks: Sequence[Task], renderer: Renderer, budgets: Budgets, slots: int
+                      ) -> dict[tuple[str, int], float]:
+    """Per (domain, horizon): the share of `tasks` their reference solutions solve when replayed
+    through the same loop within `budgets`. Below 1, the budgets (most often the context) cut
+    the references off: a model that imitates them is capped there, and only a shorter solution
+    than the reference can pass those tasks (docs/recipe.md's runs/recipe6 was read against
+    such a cap)."""
+    episodes = run_episodes(tasks, ReplayPolicy(renderer, slots), renderer, slots=slots,
+                            budgets=budgets)
+    cells: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for task, episode in zip(tasks, episodes):
+        cells[(task.domain, task.horizon)].append(float(episode.reward))
+    return {cell: float(np.mean(v)) for cell, v in cells.items()}

@@ -114,7 +114,7 @@ def capped_horizons(c: ml_collections.ConfigDict, settings: dict[str, Any], rend
     `a1jax.eval`'s `reference` column does): there a policy is rewarded only for a solution
     shorter than the reference, or for a guess (runs/recipe6 trained horizon 3 in a 1,024-token
     context that held no kb_search reference, docs/recipe.md)."""
-    from a1jax.eval import reference_success
+    from a1jax.agent.replay import reference_success
 
     lo, hi = settings["horizons"]
     tasks = [make_task(d, h, c.seed, i) for d in settings["domains"] for h in range(lo, hi + 1)
