@@ -73,13 +73,13 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     kb_search: the share of episodes that ever search for the person the task starts from
     (without it an answer is a guess among synth's 14 cities); calculator: the share whose first
     call uses the operator of the task's first operation; files: the share whose first
-    `read_file` opens a file of the inbox (a copy of a listed path) and, of the tasks with an even
-    file (where "moved=0 sum=0" is wrong), the share solved with the moves checked (the episode's
-    calls replayed into a fresh world: results written before `Files.verify` checked the moves
-    counted the report alone)."""
+    `read_file` opens a file of the inbox (a copy of a listed path), the share that reads every
+    listed file, and the share solved under today's `Files.verify` (the episode's calls replayed
+    into a fresh world: results written before it checked the moves, or the reads, counted the
+    report alone, or the report and the moves)."""
     from a1jax.agent.environment import make_environment, make_task
 
-    named, right_op, read, moved, every = [], [], [], [], []
+    named, right_op, read, checked, every = [], [], [], [], []
     with open(episodes_path) as f:
         for line in f:
             e = json.loads(line)
@@ -93,15 +93,13 @@ def behaviour(episodes_path: str) -> dict[str, float]:
                 inbox = {f"/inbox/{f}" for f in e["verifier"]["inbox"]}
                 read.append(bool(paths) and paths[0] in inbox)
                 every.append(inbox <= set(paths))
-            if e["domain"] == "files" and any(v % 2 == 0 for v in
-                                              e["verifier"]["inbox"].values()):
                 meta, last = e["metadata"], e["messages"][-1]
                 env = make_environment("files")
                 env.reset(make_task("files", meta["horizon"], meta["seed"], meta["index"]))
                 env.step([{"name": c["name"], "arguments": c["arguments"]} for c in calls])
-                moved.append(meta["episode"]["status"] == "finished"
-                             and env.verify(last.get("content") or ""))
-            elif e["domain"] == "calculator" and calls:
+                checked.append(meta["episode"]["status"] == "finished"
+                               and env.verify(last.get("content") or ""))
+            if e["domain"] == "calculator" and calls:
                 first = str(next(iter(args[0].values()), ""))
                 op = re.match(r"\W*\d+\s*([-+*])", first)
                 right_op.append(bool(op) and op.group(1)
@@ -113,8 +111,8 @@ def behaviour(episodes_path: str) -> dict[str, float]:
         out["files: first read opens a listed file"] = float(np.mean(read))
     if every:
         out["files: read every listed file"] = float(np.mean(every))
-    if moved:
-        out["files: solved where a file must move"] = float(np.mean(moved))
+    if checked:
+        out["files: solved, reads and moves checked"] = float(np.mean(checked))
     if right_op:
         out["calculator: first call's operator right"] = float(np.mean(right_op))
     return out

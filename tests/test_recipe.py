@@ -140,7 +140,9 @@ def test_study_part_sets_win_over_its_own(tmp_path):
 
 def test_study_table_and_behaviour_show_the_cap_and_skipped_files(tmp_path):
     """benchmarks/recipe_study.py: the table's `reference` is the lowest over every evaluation
-    of the cell; `behaviour` counts files episodes that read every listed file."""
+    of the cell; `behaviour` counts files episodes that read every listed file, and rescores them
+    under `Files.verify`: a task whose files are all odd, answered right with one left unread, is
+    not solved."""
     from a1jax.data import schema, synth
 
     study = benchmark_module("recipe_study")
@@ -177,5 +179,8 @@ def test_study_table_and_behaviour_show_the_cap_and_skipped_files(tmp_path):
         for messages in (traj["messages"], skipped):
             f.write(json.dumps({"domain": "files", "messages": messages,
                                 "verifier": traj["verifier"], "metadata": meta}) + "\n")
-    assert study.behaviour(str(tmp_path / "episodes.jsonl"))[
-        "files: read every listed file"] == 0.5
+    assert all(v % 2 for v in traj["verifier"]["inbox"].values())
+    assert skipped[-1] == traj["messages"][-1]  # the same right report
+    got = study.behaviour(str(tmp_path / "episodes.jsonl"))
+    assert got["files: read every listed file"] == 0.5
+    assert got["files: solved, reads and moves checked"] == 0.5

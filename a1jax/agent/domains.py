@@ -167,7 +167,7 @@ PAGE = 20  # entries per list_dir page, as synth lists them
 
 class Files(Environment):
     """files: /inbox holds the verifier's files ('value: N'), /archive starts empty; `move`
-    changes the state, `reset` restores it."""
+    changes the state, `reset` restores it. It also notes which files were read (`read`)."""
 
     tools = [function_tool("list_dir", "List one page (20 entries) of a directory.",
                            path="string", page="integer"),
@@ -179,6 +179,7 @@ class Files(Environment):
         super().reset(task)
         self.dirs: dict[str, dict[str, int]] = {"/inbox": dict(task.verifier["inbox"]),
                                                 "/archive": {}}
+        self.read: set[str] = set()  # names of the files whose value the agent has seen
 
     def _dir(self, path: str) -> tuple[str, dict[str, int]]:
         key = path.rstrip("/")
@@ -202,14 +203,19 @@ class Files(Environment):
 
     def tool_read_file(self, path: str) -> str:
         folder, name = self._file(path)
+        self.read.add(name)
         return f"value: {folder[name]}"
 
     def verify(self, final_content: str) -> bool:
         """The reported count and sum, and the world they report: every even file in /archive,
         every odd one still in /inbox (a model that answers right without moving anything did
-        not do the task)."""
-        even = {name for name, v in self.task.verifier["inbox"].items() if v % 2 == 0}
-        return set(self.dirs["/archive"]) == even and super().verify(final_content)
+        not do the task), and every file read. Without the last, a file left unread is right
+        whenever its value is odd: half the time, a guess the reward would teach (runs/recipe7's
+        files teacher solved 9 of its 48 horizon-3 episodes so, docs/recipe.md)."""
+        inbox = self.task.verifier["inbox"]
+        even = {name for name, v in inbox.items() if v % 2 == 0}
+        return (set(self.dirs["/archive"]) == even and self.read == set(inbox)
+                and super().verify(final_content))
 
     def tool_move(self, src: str, dst_dir: str) -> str:
         dst, files = self._dir(dst_dir)

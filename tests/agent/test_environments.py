@@ -171,18 +171,24 @@ def test_files_state_moves_and_pages():
     assert call(env, "list_dir", path="/tmp", page=0).content == "error: /tmp: no such directory"
 
 
-def test_files_verifies_the_moves_not_only_the_report():
+def test_files_verifies_the_moves_and_the_reads_not_only_the_report():
     env, task = started("files", 4)
     inbox = task.verifier["inbox"]
     even = sorted(name for name, v in inbox.items() if v % 2 == 0)
     odd = sorted(name for name, v in inbox.items() if v % 2)
     assert even and odd
     final = f"Final answer: {task.verifier['answer']}"
+    for name in sorted(inbox)[:-1]:
+        call(env, "read_file", path=f"/inbox/{name}")
+    call(env, "read_file", path=f"/inbox/{sorted(inbox)[-1]}".replace("_", "-"))  # no such file
     assert not env.verify(final)  # the right report, nothing moved
     for name in even[:-1]:
         call(env, "move", src=f"/inbox/{name}", dst_dir="/archive")
     assert not env.verify(final)  # one even file left behind
     call(env, "move", src=f"/inbox/{even[-1]}", dst_dir="/archive")
+    assert not env.verify(final)  # the right world and report, one file never read
+    last = sorted(inbox)[-1]
+    call(env, "read_file", path=f"/{'archive' if last in even else 'inbox'}/{last}")
     assert env.verify(final) and not env.verify("Final answer: moved=0 sum=0")
     call(env, "move", src=f"/inbox/{odd[0]}", dst_dir="/archive")
     assert not env.verify(final)  # an odd file moved too

@@ -73,21 +73,24 @@ def episode(renderer, domain, texts, budgets=Budgets(), environment=make_environ
 
 
 def test_bad_calls_get_error_observations_and_the_episode_goes_on(renderer):
-    answer = make_task("files", 1, 1_000_000, 0).verifier["answer"]
+    task = make_task("files", 1, 1_000_000, 0)
+    (name,) = task.verifier["inbox"]  # one odd file: nothing to move
     ep = episode(renderer, "files", [
         "Listing.\n</think>\n\n<tool_call>\n<function=list_dir>\n<parameter=path>\n/inbox",
         call("list_files", path="/inbox"),
         call("list_dir", path="/inbox", page="two"),
         call("list_dir", path="/inbox", page=0),
-        f"Done.\n</think>\n\nFinal answer: {answer}"])
-    assert (ep.status, ep.reward, ep.turns) == ("finished", 1.0, 5)
+        call("read_file", path=f"/inbox/{name}"),
+        f"Done.\n</think>\n\nFinal answer: {task.verifier['answer']}"])
+    assert (ep.status, ep.reward, ep.turns) == ("finished", 1.0, 6)
     observations = [m["content"] for m in ep.messages if m["role"] == "tool"]
     assert observations[0].startswith("error: malformed tool call: ")
     assert observations[1] == ("error: unknown tool 'list_files'; available: list_dir, "
                                "read_file, move")
     assert observations[2] == "error: list_dir: argument 'page' must be an integer, got 'two'"
     assert observations[3].startswith('{"entries": [')
-    assert (ep.malformed_calls, ep.tool_errors, ep.tool_calls) == (2, 2, 3)
+    assert observations[4] == f"value: {task.verifier['inbox'][name]}"
+    assert (ep.malformed_calls, ep.tool_errors, ep.tool_calls) == (2, 2, 4)
     assert ep.assistant_tokens == sum(ep.model_mask) and len(ep.logprobs) == len(ep.tokens)
 
 
