@@ -14,9 +14,10 @@ own domain) and of the student's, the reference solutions' own success within th
 budgets (`reference`: below 1, the context or turn budget cuts them off), and, from the same
 episodes, what each model does (`behaviour`: whether kb_search searches the named person,
 whether calculator's first call has the right operator, whether files episodes read every
-listed file and whether files tasks that need a move are solved). Rerunning resumes:
-finished parts are skipped, evaluations extend their episodes. `--parallel-teachers N` trains N
-of a seed's teachers at a time (`a1jax.recipe --only`, after the SFT part), then runs the rest.
+listed file, and files success rescored under today's verifier, which checks moves and reads).
+Rerunning resumes: finished parts are skipped, evaluations extend their episodes.
+`--parallel-teachers N` trains N of a seed's teachers at a time (`a1jax.recipe --only`, after the
+SFT part), then runs the rest.
 `--part-set` overrides a part's setting after the study's own (docs/recipe.md's runs/recipe6
 starts the SFT from runs/recipe5's and extends it to horizon 3 this way).
 """
