@@ -144,6 +144,10 @@ def base() -> ml_collections.ConfigDict:
     c.rl.free_turns = 8
     c.rl.format_penalty = 0.0
     c.rl.repeat_penalty = 0.0
+    # Ours: an episode not solved earns progress_reward x the share of the steps every solution
+    # takes that it took (Environment.progress: files defines it as the share of the inbox read),
+    # so that GRPO can tell the failures of a group apart; in [0, 1), below any solved episode.
+    c.rl.progress_reward = 0.0
     c.rl.reward = ""  # "": the task reward; "package.module:function": episode -> float
     c.distill = ml_collections.ConfigDict()
     c.distill.teachers = ""  # "kb_search=DIR,calculator=DIR,files=DIR", or "*=DIR" for all
@@ -367,6 +371,9 @@ def rl_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
         if r[key] < 0:
             raise ExperimentError(f"rl.{key} is subtracted from the reward: it must be >= 0, "
                                   f"got {r[key]}")
+    if not 0 <= r.progress_reward < 1:
+        raise ExperimentError("rl.progress_reward is what an episode not solved can earn: it must "
+                              f"be in [0, 1), got {r.progress_reward}")
     for key in ("max_turns", "max_turn_tokens"):
         if r[key] < 1:
             raise ExperimentError(f"rl.{key} must be positive, got {r[key]}")

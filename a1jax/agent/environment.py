@@ -121,6 +121,11 @@ class Environment(abc.ABC):
         return synth.verify({"messages": [{"role": "assistant", "content": final_content}],
                              "verifier": self.task.verifier})
 
+    def progress(self) -> float:
+        """The share (0 to 1) of the steps every solution takes that this episode has taken so
+        far, for rl.progress_reward; 0 where a domain does not define one (the default)."""
+        return 0.0
+
     def _call(self, call: Any) -> ToolResult:
         """Checks one call against `self.tools` and runs `tool_<name>` if it is well formed."""
         name = call.get("name") if isinstance(call, dict) else None

@@ -88,6 +88,7 @@ class Episode:
     tool_calls: int = 0
     malformed_calls: int = 0
     tool_errors: int = 0
+    progress: float = 0.0  # the environment's `progress()` when the episode ended
     run: int = 0
 
     @property
@@ -107,6 +108,7 @@ class Episode:
                                  "tool_calls": self.tool_calls,
                                  "malformed_calls": self.malformed_calls,
                                  "tool_errors": self.tool_errors,
+                                 "progress": self.progress,
                                  "assistant_tokens": self.assistant_tokens,
                                  "tokens": self.tokens, "model_mask": self.model_mask,
                                  "logprobs": self.logprobs}}}
@@ -157,8 +159,10 @@ def run_episodes(tasks: Iterable[Task], policy: Policy, renderer: Renderer, *, s
     active: dict[int, tuple[int, Episode, Environment]] = {}  # slot -> (order, episode, env)
 
     def finish(slot: int, status: str, reason: str) -> None:
-        order, ep, _ = active.pop(slot)
+        order, ep, env = active.pop(slot)
         ep.status, ep.reason = status, reason
+        if env is not None:
+            ep.progress = env.progress()
         done[order] = ep
         if on_done is not None:
             on_done(ep)

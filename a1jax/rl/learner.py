@@ -68,11 +68,15 @@ def repeated_calls(episode: Episode) -> int:
 
 
 def task_reward(episode: Episode, rl: ml_collections.ConfigDict) -> float:
-    """The verifier's 0/1, minus rl.turn_penalty per model call past rl.free_turns (the paper's
-    linear turn penalty), rl.format_penalty per malformed call and rl.repeat_penalty per
-    repeated tool call (the paper's repetition penalty, read as repeated actions)."""
+    """The verifier's 0/1, plus rl.progress_reward x the environment's progress for an episode
+    not solved (ours, not the paper's), minus rl.turn_penalty per model call past rl.free_turns
+    (the paper's linear turn penalty), rl.format_penalty per malformed call and
+    rl.repeat_penalty per repeated tool call (the paper's repetition penalty, read as repeated
+    actions)."""
     over = max(0, episode.turns - rl.free_turns)
-    return (float(episode.reward) - rl.turn_penalty * over
+    solved = float(episode.reward)
+    return (solved + (1.0 - solved) * rl.progress_reward * episode.progress
+            - rl.turn_penalty * over
             - rl.format_penalty * episode.malformed_calls
             - rl.repeat_penalty * repeated_calls(episode))
 
@@ -329,14 +333,15 @@ class Learner:
 
 def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
     """Per step and per domain: success, reward (the verifier's), response tokens, turns,
-    tool calls, malformed calls, and how episodes ended."""
+    tool calls, malformed calls, how episodes ended, and the environment's progress."""
     def summary(eps: list[Episode], suffix: str = "") -> dict[str, float]:
         mean = lambda f: float(np.mean([f(e) for e in eps]))  # noqa: E731
         return {f"success{suffix}": mean(lambda e: e.reward),
                 f"response_tokens{suffix}": mean(lambda e: e.assistant_tokens),
                 f"turns{suffix}": mean(lambda e: e.turns),
                 f"malformed_calls{suffix}": mean(lambda e: e.malformed_calls),
-                f"finished{suffix}": mean(lambda e: e.status == "finished")}
+                f"finished{suffix}": mean(lambda e: e.status == "finished"),
+                f"progress{suffix}": mean(lambda e: e.progress)}
 
     out = summary(episodes)
     out["tool_calls"] = float(np.mean([e.tool_calls for e in episodes]))

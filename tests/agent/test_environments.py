@@ -178,9 +178,12 @@ def test_files_verifies_the_moves_and_the_reads_not_only_the_report():
     odd = sorted(name for name, v in inbox.items() if v % 2)
     assert even and odd
     final = f"Final answer: {task.verifier['answer']}"
+    assert env.progress() == 0.0
     for name in sorted(inbox)[:-1]:
         call(env, "read_file", path=f"/inbox/{name}")
+        call(env, "read_file", path=f"/inbox/{name}")  # a second read adds no progress
     call(env, "read_file", path=f"/inbox/{sorted(inbox)[-1]}".replace("_", "-"))  # no such file
+    assert env.progress() == 0.75  # 3 of the 4 files read
     assert not env.verify(final)  # the right report, nothing moved
     for name in even[:-1]:
         call(env, "move", src=f"/inbox/{name}", dst_dir="/archive")
@@ -190,6 +193,7 @@ def test_files_verifies_the_moves_and_the_reads_not_only_the_report():
     last = sorted(inbox)[-1]
     call(env, "read_file", path=f"/{'archive' if last in even else 'inbox'}/{last}")
     assert env.verify(final) and not env.verify("Final answer: moved=0 sum=0")
+    assert env.progress() == 1.0
     call(env, "move", src=f"/inbox/{odd[0]}", dst_dir="/archive")
     assert not env.verify(final)  # an odd file moved too
 

@@ -75,14 +75,18 @@ def episode(renderer, domain, texts, budgets=Budgets(), environment=make_environ
 def test_bad_calls_get_error_observations_and_the_episode_goes_on(renderer):
     task = make_task("files", 1, 1_000_000, 0)
     (name,) = task.verifier["inbox"]  # one odd file: nothing to move
-    ep = episode(renderer, "files", [
+    texts = [
         "Listing.\n</think>\n\n<tool_call>\n<function=list_dir>\n<parameter=path>\n/inbox",
         call("list_files", path="/inbox"),
         call("list_dir", path="/inbox", page="two"),
         call("list_dir", path="/inbox", page=0),
         call("read_file", path=f"/inbox/{name}"),
-        f"Done.\n</think>\n\nFinal answer: {task.verifier['answer']}"])
+        f"Done.\n</think>\n\nFinal answer: {task.verifier['answer']}"]
+    ep = episode(renderer, "files", texts)
     assert (ep.status, ep.reward, ep.turns) == ("finished", 1.0, 6)
+    assert ep.progress == ep.record()["metadata"]["episode"]["progress"] == 1.0  # its file read
+    cut = episode(renderer, "files", texts, Budgets(max_turns=4))  # stopped before the read
+    assert (cut.status, cut.reason, cut.progress) == ("truncated", "max_turns", 0.0)
     observations = [m["content"] for m in ep.messages if m["role"] == "tool"]
     assert observations[0].startswith("error: malformed tool call: ")
     assert observations[1] == ("error: unknown tool 'list_files'; available: list_dir, "

@@ -254,13 +254,19 @@ def test_task_reward_subtracts_the_paper_shaping_terms():
                 {"role": "assistant", "tool_calls": [call("open_document", doc_id="1"),
                                                      call("search", query="Ann")]},
                 {"role": "assistant", "content": "Kessel"}]
-    ep = types.SimpleNamespace(messages=messages, reward=1.0, turns=11, malformed_calls=2)
+    ep = types.SimpleNamespace(messages=messages, reward=1.0, turns=11, malformed_calls=2,
+                               progress=0.5)
     assert learner.repeated_calls(ep) == 2  # the second and third search for Ann
     rl = types.SimpleNamespace(free_turns=8, turn_penalty=0.05, format_penalty=0.1,
-                               repeat_penalty=0.25)
+                               repeat_penalty=0.25, progress_reward=0.4)
+    # Solved: the progress term adds nothing (a solved episode has done every step).
     assert learner.task_reward(ep, rl) == pytest.approx(1.0 - 3 * 0.05 - 2 * 0.1 - 2 * 0.25)
     ep.turns, ep.malformed_calls, ep.messages = 8, 0, messages[:2]
     assert learner.task_reward(ep, rl) == 1.0
+    ep.reward = 0.0  # not solved, half the steps taken: 0.4 x 0.5
+    assert learner.task_reward(ep, rl) == pytest.approx(0.2)
+    rl.progress_reward = 0.0
+    assert learner.task_reward(ep, rl) == 0.0
 
 
 def test_errors_before_compiling(grpo_run, tmp_path):
@@ -287,6 +293,9 @@ def test_errors_before_compiling(grpo_run, tmp_path):
          "batch_size 6 must be a multiple of rl.group_size 4 (prompts x samples per prompt)"),
         (GRPO, ("requires_init=False", "rl.repeat_penalty=-0.1"),
          "rl.repeat_penalty is subtracted from the reward: it must be >= 0, got -0.1"),
+        (GRPO, ("requires_init=False", "rl.progress_reward=1.0"),
+         "rl.progress_reward is what an episode not solved can earn: it must be in [0, 1), "
+         "got 1.0"),
         (GRPO, ("requires_init=False", "rl.algorithm=ppo"),
          "rl.algorithm must be one of sft, grpo, opd, got 'ppo'"),
         (GRPO, (), "teacher_grpo_kb_search starts from the previous stage's weights: set "
