@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part-set", action="append", default=[], metavar="PART:KEY=VALUE",
                    help="an `a1jax.recipe --part-set` after the study's own (they win), e.g. "
                    "sft_full_domain:init_from=DIR to start the SFT from another run's")
+    p.add_argument("--only", default="", metavar="PART[,PART]",
+                   help="run only these parts of each seed (`a1jax.recipe --only`, evaluated "
+                   "the same way) and write no table: a study done a part at a time")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     workdir = os.path.abspath(args.workdir)
@@ -235,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             os.symlink(shared, os.path.join(out, "sft_full_domain"))
         cmd = recipe_command(out, seed, args)
         print(f"== seed {seed}: {' '.join(cmd[1:])}", flush=True)
+        if args.only:
+            subprocess.run(cmd + ["--only", args.only], cwd=REPO, check=True)
+            continue
         if args.parallel_teachers > 1:
             subprocess.run(cmd + ["--only", "sft_full_domain"], cwd=REPO, check=True)
             teachers(cmd, out, args.parallel_teachers)
@@ -243,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed} stopped before its last evaluation (a signal); rerun the same "
                   "command to resume it", flush=True)
             return 1
+    if args.only:
+        return 0
     text = (f"Held-out success (task seed offset 0, {args.eval_n} tasks x {args.eval_runs} runs "
             f"per cell) of one SFT model and, over training seeds {args.seeds}, its GRPO "
             "teachers (each on its own domain) and the student distilled from them: mean "

@@ -138,6 +138,21 @@ def test_study_part_sets_win_over_its_own(tmp_path):
     assert cmd[-2:] == ["--eval-horizons", "1,2,3"]
 
 
+def test_study_only_runs_the_named_parts_of_every_seed(tmp_path, monkeypatch):
+    """benchmarks/recipe_study.py --only: each seed's a1jax.recipe with --only (seed 1 reads seed
+    0's SFT through a link), and no table, which needs every part."""
+    study = benchmark_module("recipe_study")
+    ran = []
+    monkeypatch.setattr(study.subprocess, "run", lambda cmd, **kw: ran.append(cmd))
+    assert study.main(["--workdir", str(tmp_path), "--seeds", "0,1",
+                       "--only", "teacher_grpo_files"]) == 0
+    assert [(c[c.index("--workdir") + 1], c[-2:]) for c in ran] == [
+        (str(tmp_path / f"seed-{s}"), ["--only", "teacher_grpo_files"]) for s in (0, 1)]
+    assert os.readlink(tmp_path / "seed-1" / "sft_full_domain") == str(
+        tmp_path / "seed-0" / "sft_full_domain")
+    assert not (tmp_path / "study.md").exists()
+
+
 def test_study_table_and_behaviour_show_the_cap_and_skipped_files(tmp_path):
     """benchmarks/recipe_study.py: the table's `reference` is the lowest over every evaluation
     of the cell; `behaviour` counts files episodes that read every listed file, and rescores them
