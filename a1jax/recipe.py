@@ -119,8 +119,9 @@ def comparison(results: dict[str, list[dict[str, Any]]], runs: int) -> str:
 def selected(parts: list[ml_collections.ConfigDict], only: str,
              workdir: str) -> list[ml_collections.ConfigDict]:
     """The parts `--only` names (all of them when it is empty), each refused unless the parts it
-    reads from (its init_from, its teachers) have finished: the teachers are independent, so
-    they can train at once, one process or node each, and the full command then skips them."""
+    reads from (its init_from, its teachers) have finished or are named too (they run first, in
+    the recipe's order): the teachers are independent, so they can train at once, one process
+    or node each, and the full command then skips them."""
     if not only:
         return parts
     names = [n.strip() for n in only.split(",") if n.strip()]
@@ -131,7 +132,7 @@ def selected(parts: list[ml_collections.ConfigDict], only: str,
     for c in chosen:
         reads = {c.init_from} | {t.partition("=")[2] for t in c.distill.teachers.split(",")}
         missing = [p.stage for p in parts if os.path.join(workdir, p.stage) in reads
-                   and not finished(os.path.join(workdir, p.stage))]
+                   and p.stage not in names and not finished(os.path.join(workdir, p.stage))]
         if missing:
             raise A1Error(f"--only {c.stage}: first finish what it starts from: "
                           f"{', '.join(missing)}")

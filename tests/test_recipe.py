@@ -101,6 +101,13 @@ def test_recipe_errors(tmp_path):
     assert [(c.stage, c.steps, c.rl.group_size) for c in parts] == [
         ("sft_full_domain", 9, 4), ("teacher_grpo_kb_search", 7, 4),
         ("teacher_grpo_files", 7, 2), ("opd_multi_teacher", 20, 4)]
+    # A part may be named with what it starts from: that runs first, in the recipe's order.
+    chosen = recipe.selected(parts, "teacher_grpo_kb_search,sft_full_domain", str(tmp_path))
+    assert [c.stage for c in chosen] == ["sft_full_domain", "teacher_grpo_kb_search"]
+    with pytest.raises(A1Error) as e:
+        recipe.selected(parts, "teacher_grpo_kb_search,opd_multi_teacher", str(tmp_path))
+    assert str(e.value) == ("--only teacher_grpo_kb_search: first finish what it starts from: "
+                            "sft_full_domain")
 
 
 def test_study_starts_the_next_teacher_when_any_finishes(tmp_path):
