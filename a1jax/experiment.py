@@ -448,6 +448,9 @@ def parameter_fields(config: ModelConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_json_dict().items() if k not in COMPUTE_FIELDS}
 
 
+RL_ADDED = {"progress_reward": 0.0}  # rl keys added after runs were made, with their defaults
+
+
 def identity(c: ml_collections.ConfigDict) -> dict[str, Any]:
     """What makes two runs the same experiment (a workdir's checkpoints must match it):
     the stage, the model, the data and the step's shape; not steps, logging or layout, which a
@@ -457,7 +460,10 @@ def identity(c: ml_collections.ConfigDict) -> dict[str, Any]:
            "data": {"dir": c.data.dir, "mixture": c.data.mixture.to_dict(),
                     "horizon": [c.data.horizon_min, c.data.horizon_max]}}
     if c.rl.algorithm != "sft":  # an SFT run's identity is what it was before rl existed
-        out["rl"] = c.rl.to_dict()
+        # A key added later is left out at its default: runs made before it keep their identity
+        # (and resume, or count as finished) as long as they do what they did.
+        out["rl"] = {k: v for k, v in c.rl.to_dict().items()
+                     if k not in RL_ADDED or v != RL_ADDED[k]}
         if c.rl.algorithm == "opd":  # how teachers are held is not what they teach
             out["distill"] = {k: v for k, v in c.distill.to_dict().items() if k != "resident"}
     return out

@@ -269,6 +269,18 @@ def test_task_reward_subtracts_the_paper_shaping_terms():
     assert learner.task_reward(ep, rl) == 0.0
 
 
+def test_progress_reward_at_its_default_leaves_a_teacher_s_identity_as_it_was():
+    """A teacher trained before rl.progress_reward existed resumes (and counts as finished)
+    after it; one that sets it is another experiment."""
+    c = config(GRPO, "requires_init=False")
+    assert "progress_reward" not in experiment.identity(c)["rl"]
+    assert experiment.identity(c)["rl"]["repeat_penalty"] == 0.05
+    before = experiment.fingerprint(c)
+    c.rl.progress_reward = 0.5
+    assert experiment.identity(c)["rl"]["progress_reward"] == 0.5
+    assert experiment.fingerprint(c) != before
+
+
 def test_errors_before_compiling(grpo_run, tmp_path):
     cases = [
         (OPD, ("requires_init=False",),
