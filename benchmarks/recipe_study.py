@@ -77,10 +77,12 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     `read_file` opens a file of the inbox (a copy of a listed path), the share that reads every
     listed file, and the share solved under today's `Files.verify` (the episode's calls replayed
     into a fresh world: results written before it checked the moves, or the reads, counted the
-    report alone, or the report and the moves)."""
+    report alone, or the report and the moves), and that share again over the tasks with two or
+    more even files, whose report holds a sum the model must add up (synth's files tools have no
+    arithmetic: runs/recipe11's SFT model and files teacher solved none of 27 such tasks)."""
     from a1jax.agent.environment import make_environment, make_task
 
-    named, right_op, read, checked, every = [], [], [], [], []
+    named, right_op, read, checked, every, summed = [], [], [], [], [], []
     with open(episodes_path) as f:
         for line in f:
             e = json.loads(line)
@@ -100,6 +102,8 @@ def behaviour(episodes_path: str) -> dict[str, float]:
                 env.step([{"name": c["name"], "arguments": c["arguments"]} for c in calls])
                 checked.append(meta["episode"]["status"] == "finished"
                                and env.verify(last.get("content") or ""))
+                if sum(v % 2 == 0 for v in e["verifier"]["inbox"].values()) >= 2:
+                    summed.append(checked[-1])
             if e["domain"] == "calculator" and calls:
                 first = str(next(iter(args[0].values()), ""))
                 op = re.match(r"\W*\d+\s*([-+*])", first)
@@ -114,6 +118,8 @@ def behaviour(episodes_path: str) -> dict[str, float]:
         out["files: read every listed file"] = float(np.mean(every))
     if checked:
         out["files: solved, reads and moves checked"] = float(np.mean(checked))
+    if summed:
+        out["files: solved, of tasks with 2+ even files (a sum)"] = float(np.mean(summed))
     if right_op:
         out["calculator: first call's operator right"] = float(np.mean(right_op))
     return out

@@ -164,7 +164,7 @@ def test_study_table_and_behaviour_show_the_cap_and_skipped_files(tmp_path):
     """benchmarks/recipe_study.py: the table's `reference` is the lowest over every evaluation
     of the cell; `behaviour` counts files episodes that read every listed file, and rescores them
     under `Files.verify`: a task whose files are all odd, answered right with one left unread, is
-    not solved."""
+    not solved; and it scores the tasks with two or more even files (a sum) on their own."""
     from a1jax.data import schema, synth
 
     study = benchmark_module("recipe_study")
@@ -197,12 +197,21 @@ def test_study_table_and_behaviour_show_the_cap_and_skipped_files(tmp_path):
         skipped.append(m)
     meta = {"horizon": 3, "seed": synth.EVAL_SEED_BASE, "index": 0,
             "episode": {"status": "finished"}}
+    # Two tasks with two even files each: one solved, one with a wrong sum.
+    summed = [schema.validate(synth.make_trajectory("files", 3, synth.EVAL_SEED_BASE, i))
+              for i in (1, 4)]
+    assert [sum(v % 2 == 0 for v in t["verifier"]["inbox"].values()) for t in summed] == [2, 2]
+    summed[1]["messages"][-1]["content"] += "1"  # sum=N -> sum=N1
     with open(tmp_path / "episodes.jsonl", "w") as f:
-        for messages in (traj["messages"], skipped):
+        for messages, t, i in [(traj["messages"], traj, 0), (skipped, traj, 0),
+                               (summed[0]["messages"], summed[0], 1),
+                               (summed[1]["messages"], summed[1], 4)]:
             f.write(json.dumps({"domain": "files", "messages": messages,
-                                "verifier": traj["verifier"], "metadata": meta}) + "\n")
+                                "verifier": t["verifier"], "metadata": {**meta, "index": i}})
+                    + "\n")
     assert all(v % 2 for v in traj["verifier"]["inbox"].values())
     assert skipped[-1] == traj["messages"][-1]  # the same right report
     got = study.behaviour(str(tmp_path / "episodes.jsonl"))
-    assert got["files: read every listed file"] == 0.5
+    assert got["files: read every listed file"] == 0.75
     assert got["files: solved, reads and moves checked"] == 0.5
+    assert got["files: solved, of tasks with 2+ even files (a sum)"] == 0.5
