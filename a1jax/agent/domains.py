@@ -141,17 +141,24 @@ def _value(node: ast.AST) -> int:
         raise ToolError("error: expression too deeply nested") from None
 
 
+CALCULATOR = function_tool("calculator", "Evaluate an integer arithmetic expression.",
+                           expression="string")
+
+
+def calculate(expression: str) -> str:
+    return str(_value(_parse(expression, "eval").body))
+
+
 class Calculator(Environment):
     """calculator: `calculator(expression)` evaluates integer arithmetic (parsed with `ast`,
     never `eval`); `python(code)` runs only `print(<integer expression>)`."""
 
-    tools = [function_tool("calculator", "Evaluate an integer arithmetic expression.",
-                           expression="string"),
+    tools = [CALCULATOR,
              function_tool("python", "Run a Python snippet and return what it prints.",
                            code="string")]
 
     def tool_calculator(self, expression: str) -> str:
-        return str(_value(_parse(expression, "eval").body))
+        return calculate(expression)
 
     def tool_python(self, code: str) -> str:
         body = _parse(code, "exec", names=("print",)).body
@@ -167,13 +174,15 @@ PAGE = 20  # entries per list_dir page, as synth lists them
 
 class Files(Environment):
     """files: /inbox holds the verifier's files ('value: N'), /archive starts empty; `move`
-    changes the state, `reset` restores it. It also notes which files were read (`read`)."""
+    changes the state, `reset` restores it. It also notes which files were read (`read`).
+    `calculator` is the calculator domain's, for the sum the report needs."""
 
     tools = [function_tool("list_dir", "List one page (20 entries) of a directory.",
                            path="string", page="integer"),
              function_tool("read_file", "Return the contents of a file.", path="string"),
              function_tool("move", "Move a file to a directory.", src="string",
-                           dst_dir="string")]
+                           dst_dir="string"),
+             CALCULATOR]
 
     def reset(self, task: Task) -> None:
         super().reset(task)
@@ -227,6 +236,9 @@ class Files(Environment):
         folder, name = self._file(src)
         files[name] = folder.pop(name)
         return f"moved {src} -> {dst}/{name}"
+
+    def tool_calculator(self, expression: str) -> str:
+        return calculate(expression)
 
 
 ENVIRONMENTS.update(kb_search=KbSearch, calculator=Calculator, files=Files)

@@ -8,7 +8,8 @@ from a few hundred tokens at horizon 1 to beyond 64K tokens at a few hundred ste
   calculator  a running computation of `horizon` modular operations with a calculator tool (and a
               python tool to double-check, two calls in one turn).
   files       file manipulation under a constraint: of `horizon` files in /inbox, move the ones
-              holding an even number to /archive, report how many moved and their sum.
+              holding an even number to /archive, report how many moved and their sum (added
+              with a calculator tool when two or more moved).
 
 Trajectories carry reasoning on every assistant turn, tool calls (arguments sometimes as JSON
 strings, as real logs have them), observations, failed calls followed by recoveries (a misspelt
@@ -161,11 +162,12 @@ def kb_search(rng: random.Random, horizon: int) -> tuple[list, dict, list]:
 
 
 _OPS = (("add", "+"), ("subtract", "-"), ("multiply by", "*"))
+_CALCULATOR = _tool("calculator", "Evaluate an integer arithmetic expression.",
+                    expression="string")
 
 
 def calculator(rng: random.Random, horizon: int) -> tuple[list, dict, list]:
-    tools = [_tool("calculator", "Evaluate an integer arithmetic expression.",
-                   expression="string"),
+    tools = [_CALCULATOR,
              _tool("python", "Run a Python snippet and return what it prints.", code="string")]
     start = value = rng.randrange(1, 1000)
     ops = [[rng.choice(_OPS)[0], rng.randrange(2, 99)] for _ in range(horizon)]
@@ -204,7 +206,8 @@ def files(rng: random.Random, horizon: int) -> tuple[list, dict, list]:
     tools = [_tool("list_dir", "List one page (20 entries) of a directory.", path="string",
                    page="integer"),
              _tool("read_file", "Return the contents of a file.", path="string"),
-             _tool("move", "Move a file to a directory.", src="string", dst_dir="string")]
+             _tool("move", "Move a file to a directory.", src="string", dst_dir="string"),
+             _CALCULATOR]
     names: set[str] = set()
     inbox = {}
     while len(inbox) < horizon:
@@ -214,7 +217,7 @@ def files(rng: random.Random, horizon: int) -> tuple[list, dict, list]:
             inbox[fname] = rng.randrange(1, 10_000)
     task = ("In /inbox, every file holds one line 'value: N'. Move each file whose N is even to "
             "/archive (it exists) and leave the others. Then report how many files you moved and "
-            "the sum of their values, as 'moved=K sum=S'.")
+            "the sum of their values, as 'moved=K sum=S'; the calculator can add them.")
     b = _Builder(rng, tools, task)
     listed = sorted(inbox)
     for page in range((len(listed) + 19) // 20):
@@ -247,6 +250,13 @@ def files(rng: random.Random, horizon: int) -> tuple[list, dict, list]:
             b.step("Typo in the destination; the directory is /archive.", "move",
                    {"src": path, "dst_dir": "/archive"}, f"moved {path} -> /archive/{fname}")
         moved, total = moved + 1, total + inbox[fname]
+    kept = [inbox[f] for f in listed if inbox[f] % 2 == 0]
+    if len(kept) > 1:
+        # Why a tool: a sum stated without working is a 4-digit addition in one step, which no
+        # `tiny` model learned (runs/recipe11, docs/recipe.md: 0 of every files task with two
+        # even files solved); the calculator makes it a copy of the values it read.
+        b.step(f"Adding the {moved} even values with the calculator.", "calculator",
+               {"expression": " + ".join(map(str, kept))}, str(total))
     answer = f"moved={moved} sum={total}"
     b.answer(f"I checked all {horizon} file(s): {moved} held even values, summing to {total}.",
              answer)

@@ -198,6 +198,13 @@ def test_files_verifies_the_moves_and_the_reads_not_only_the_report():
     assert not env.verify(final)  # an odd file moved too
 
 
+def test_files_has_the_calculator_for_its_sum():
+    env, _ = started("files", 4)
+    assert call(env, "calculator", expression="1394 + 5536") == ToolResult("calculator", "6930")
+    assert call(env, "calculator", expression="1394 plus 5536") == ToolResult(
+        "calculator", "error: invalid syntax near 'plus'", error=True)
+
+
 @pytest.mark.parametrize("tool_call, content", [
     ({"name": "serch", "arguments": {"query": "x"}},
      "error: unknown tool 'serch'; available: search, open_document"),

@@ -90,7 +90,7 @@ def test_bad_calls_get_error_observations_and_the_episode_goes_on(renderer):
     observations = [m["content"] for m in ep.messages if m["role"] == "tool"]
     assert observations[0].startswith("error: malformed tool call: ")
     assert observations[1] == ("error: unknown tool 'list_files'; available: list_dir, "
-                               "read_file, move")
+                               "read_file, move, calculator")
     assert observations[2] == "error: list_dir: argument 'page' must be an integer, got 'two'"
     assert observations[3].startswith('{"entries": [')
     assert observations[4] == f"value: {task.verifier['inbox'][name]}"

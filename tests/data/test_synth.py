@@ -63,6 +63,30 @@ def test_horizon_spans_hundreds_to_beyond_64k_tokens(domain, encoder):
     assert long > 65536
 
 
+def test_files_references_add_two_or_more_values_with_the_calculator():
+    """The sum in a files report is the calculator's (a copy), not a mental addition
+    (runs/recipe11, docs/recipe.md); one even value is copied as it is."""
+    seen = set()
+    for index in range(40):
+        t = synth.make_trajectory("files", 3, seed=0, index=index)
+        even = [v for _, v in sorted(t["verifier"]["inbox"].items()) if v % 2 == 0]
+        calls = [c["function"] for m in t["messages"] for c in m.get("tool_calls") or []
+                 if c["function"]["name"] == "calculator"]
+        if len(even) < 2:
+            assert calls == []
+            continue
+        (call,) = calls
+        arguments = call["arguments"]
+        if isinstance(arguments, str):
+            arguments = json.loads(arguments)
+        assert arguments == {"expression": " + ".join(map(str, even))}  # in the order read
+        result = [m for m in t["messages"] if m["role"] == "tool"][-1]
+        assert (result["name"], result["content"]) == ("calculator", str(sum(even)))
+        assert synth.final_answer(t) == f"moved={len(even)} sum={sum(even)}"
+        seen.add(len(even))
+    assert seen == {2, 3}
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown domain 'chess'"):
         synth.make_trajectory("chess", 1, 0, 0)
