@@ -40,8 +40,11 @@ def test_two_processes_equal_one_and_resume_in_one(tmp_path):
     # 4.7e-5, every other parameter within 1e-5; with the syllable tokenizer's data, one expert
     # weight of 16,384 was 5.8e-5 off after the resumed step 5: an expert that saw few tokens has
     # a tiny v too). A wrong gradient or a lost shard moves whole tensors, and the losses (to
-    # 1e-5, above) with them.
-    assert_trees_close(final_params(multi, 4), final_params(single, 4), atol=1e-4)
+    # 1e-5, above) with them. With 7ef6784's tokenizer more such elements passed 1e-4, in
+    # different tensors from run to run (3 of one embedding's 262,144 up to 3e-4; 18 of an
+    # expert's 16,384, 0.11%, up to 2.2e-4): up to 1% of a tensor may be off to 1e-3.
+    assert_trees_close(final_params(multi, 4), final_params(single, 4), atol=1e-4,
+                       outlier_share=0.01, outlier_atol=1e-3)
 
     # The two processes' checkpoint (every row reader's data state in it) resumes in this one
     # process just as the single process's own does: one more step each.
@@ -49,7 +52,8 @@ def test_two_processes_equal_one_and_resume_in_one(tmp_path):
         summary = runner.run(stage1(*STEPS, "steps=5"), workdir, report=lambda _: None)
         assert summary["status"] == "finished" and summary["steps"] == 5
     np.testing.assert_allclose(losses(multi)[5], losses(single)[5], rtol=1e-5)
-    assert_trees_close(final_params(multi, 5), final_params(single, 5), atol=1e-4)
+    assert_trees_close(final_params(multi, 5), final_params(single, 5), atol=1e-4,
+                       outlier_share=0.01, outlier_atol=1e-3)
 
 
 def test_process_count_that_does_not_divide_the_devices(tmp_path):

@@ -64,7 +64,9 @@ def export_dir(tmp_path_factory):
         mask[i, :len(e.tokens) - 1] = np.asarray(e.loss_mask[1:])  # predict the model's tokens
     # Adam at this rate spikes on the way down (loss 0.012 -> 0.40 -> 0.03 here); where it ends
     # depends on the machine's floating point: one of ours got below 5e-3 at step 404 of 400.
-    params, value, steps = memorise(config, ids, mask, 5e-3, stop_below=5e-3, max_steps=800)
+    # It goes on to 1e-3 where it can: at 0.0049 (step 443, with 7ef6784's tokenizer) one
+    # served reply split from transformers' bf16 one on a near-tie (224 of 278 tokens equal).
+    params, value, steps = memorise(config, ids, mask, 5e-3, stop_below=1e-3, max_steps=800)
     print(f"memorised in {steps} steps, loss {value:.4f}")
     assert value < 5e-3, value
     return export_params(tmp_path_factory, config, params, "bfloat16", name="bench")

@@ -57,12 +57,21 @@ def final_params(workdir: str, step: int | None = None) -> dict:
     return jax.tree.map(np.asarray, reader.restore_params(step=step))
 
 
-def assert_trees_close(a, b, atol: float) -> None:
+def assert_trees_close(a, b, atol: float, outlier_share: float = 0.0,
+                       outlier_atol: float = 0.0) -> None:
+    """Every leaf within `atol`, but for at most `outlier_share` of each leaf's elements within
+    `outlier_atol` (the few rows AdamW amplifies; a lost shard or a wrong gradient moves far
+    more of a tensor)."""
     import jax
     flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
     assert len(flat_a) == len(flat_b)
     for (path, x), y in zip(flat_a, flat_b):
-        np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=jax.tree_util.keystr(path))
+        where = jax.tree_util.keystr(path)
+        off = np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)) > atol
+        if 0 < off.mean() <= outlier_share:
+            np.testing.assert_allclose(x, y, rtol=0, atol=outlier_atol, err_msg=where)
+        else:
+            np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=where)
 
 
 def tensorboard_scalars(directory: str, tag: str) -> list[float]:
