@@ -31,8 +31,8 @@ def recorded_calls(reference: dict[str, Any]) -> Iterator[tuple[str, dict[str, A
 
 
 # synth's search hits: people on the chain have an employer, distractors do not.
-_HIT = re.compile(r"\[(?P<doc>doc-\d+)\] (?P<name>[^:\n]+): lives in (?P<city>[^;\n]+); "
-                  r"(?:works at (?P<employer>[^;\n]+); )?mentor: (?P<mentor>[^\n]+)\.")
+_HIT = re.compile(r"\[(?P<doc>doc-\d+)\] (?P<name>[^:\n]+): (?:works at (?P<employer>[^;\n]+); )?"
+                  r"lives in (?P<city>[^;\n]+); mentor: (?P<mentor>[^\n]+)\.")
 
 
 class KbSearch(Environment):

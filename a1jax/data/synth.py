@@ -139,7 +139,12 @@ def kb_search(rng: random.Random, horizon: int) -> tuple[list, dict, list]:
             why = f"Step {i + 1}: I need the {need} of {person}, so I search the knowledge base."
         facts = kb[person]
         doc = f"doc-{rng.randrange(10**6):06d}"
-        hits = [f"[{doc}] {person}: lives in {facts['city']}; works at {facts['employer']}; "
+        # The employer comes first. Why: only the person's own line has one, and a causal model
+        # can mark a token by what precedes it, not by what follows. After "works at", the city
+        # and the mentor are both marked; with the city first (as before), finding it meant
+        # matching the reached person's name across lines, which the `tiny` SFT model learned in
+        # one run of three (docs/recipe.md, runs/recipe12) while it copied every mentor.
+        hits = [f"[{doc}] {person}: works at {facts['employer']}; lives in {facts['city']}; "
                 f"mentor: {facts['mentor']}."]
         for _ in range(rng.randint(1, 3)):  # distractors: other people with similar names
             other = _name(rng, taken)

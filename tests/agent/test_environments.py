@@ -86,7 +86,10 @@ def test_kb_search_answers_unrecorded_calls_from_the_world():
     for person in kb:
         line = recorded_hit(task, person)
         assert call(env, "search", query=f"  {person}\n") == ToolResult("search", line)
-        doc, employer = re.search(r"\[(doc-\d+)\].*works at ([^;]+);", line).groups()
+        # The employer precedes the city and the mentor, which it marks as this person's.
+        doc, employer = re.fullmatch(
+            rf"\[(doc-\d+)\] {person}: works at ([^;]+); lives in {kb[person]['city']}; "
+            rf"mentor: {kb[person]['mentor']}\.", line).groups()
         assert call(env, "open_document", doc_id=doc).content == (
             f"{person} ({kb[person]['city']}). Employer: {employer}. "
             f"Mentor: {kb[person]['mentor']}.")
