@@ -81,8 +81,6 @@ class _Builder:
 
 _SYLLABLES = ("ka", "lo", "mi", "ren", "sa", "tor", "vi", "del", "an", "bri", "cos", "ul",
               "fen", "ga", "hal", "ish", "jo", "mar", "nel", "or", "pe", "qui", "ros", "tam")
-_CITIES = ("Aldport", "Brenmoor", "Caskill", "Dunfeld", "Eastwick", "Farhollow", "Glenmar",
-           "Harwood", "Irongate", "Juniper Bay", "Kessel", "Lowmere", "Marrow", "Northam")
 _EMPLOYERS = ("a shipyard", "the observatory", "a bakery", "the city archive", "a glassworks",
               "the railway", "a seed bank", "the lighthouse", "a print shop", "the museum")
 
@@ -110,6 +108,15 @@ def _name(rng: random.Random, taken: set[str]) -> str:
             return name
 
 
+def _city(rng: random.Random) -> str:
+    """An invented place name of two syllables (576 of them). Why not a list of real-looking
+    names: with 14 cities, each one token, the `tiny` SFT model named a likely city instead of
+    copying the one it had read (runs/recipe12 and runs/recipe13 in docs/recipe.md: half of its
+    kb_search answers named a city no observation held), while it copied every mentor's name.
+    Spelt from the names' syllables, a city is copied the way a name is."""
+    return "".join(rng.choice(_SYLLABLES) for _ in range(2)).capitalize()
+
+
 def _misspell(name: str) -> str:
     """The name with its last two letters swapped (or the last dropped, if they are equal)."""
     return name[:-2] + name[-1] + name[-2] if name[-1] != name[-2] else name[:-1]
@@ -123,7 +130,7 @@ def kb_search(rng: random.Random, horizon: int) -> tuple[list, dict, list]:
     taken: set[str] = set()
     chain = [_name(rng, taken) for _ in range(horizon + 1)]
     kb = {p: {"mentor": chain[i + 1] if i < horizon else _name(rng, taken),
-              "city": rng.choice(_CITIES), "employer": rng.choice(_EMPLOYERS)}
+              "city": _city(rng), "employer": rng.choice(_EMPLOYERS)}
           for i, p in enumerate(chain)}
     task = (f"Start from {chain[0]}. Follow the 'mentor' link {horizon} time(s) in the knowledge "
             "base. In which city does the person you reach live? Answer with the city name.")
@@ -149,7 +156,7 @@ def kb_search(rng: random.Random, horizon: int) -> tuple[list, dict, list]:
         for _ in range(rng.randint(1, 3)):  # distractors: other people with similar names
             other = _name(rng, taken)
             hits.append(f"[doc-{rng.randrange(10**6):06d}] {other}: lives in "
-                        f"{rng.choice(_CITIES)}; mentor: {_name(rng, taken)}.")
+                        f"{_city(rng)}; mentor: {_name(rng, taken)}.")
         rng.shuffle(hits)
         b.step(why, "search", {"query": person}, "\n".join(hits))
         if rng.random() < 0.2:
