@@ -202,10 +202,11 @@ def test_opd_with_the_sampled_token_estimator(grpo_run, tmp_path):
             assert first["reverse_kl"] == pytest.approx(0.0, abs=1e-6)
             assert first["coverage"] == pytest.approx(first["teacher_mass"], rel=1e-5)
         else:  # a random student against the (4 steps) trained model
-            # One batch's single-sample estimate is unbiased, not positive (here +0.1 with the
-            # first tokenizer, -0.12 with the retrained one): nonzero is what this shows;
-            # test_losses checks its expectation against the exact reverse KL.
-            assert abs(first["reverse_kl"]) > 0.01 and abs(first["sva_loss"]) > 0.01
+            # One batch's single-sample estimate is unbiased, not positive, and its size is
+            # the batch's luck (+0.1, -0.12 and +0.004 with successive tokenizers): nonzero,
+            # far beyond the 1e-6 above, is what this shows; test_losses checks its
+            # expectation against the exact reverse KL.
+            assert abs(first["reverse_kl"]) > 1e-3 and abs(first["sva_loss"]) > 1e-3
             assert 0 < first["coverage"] < 1 and 0 < first["teacher_mass"] < 1
 
 
@@ -345,8 +346,8 @@ def test_paper_files_validate_at_35b_on_8_devices(path, tmp_path):
 
 def test_the_learner_names_the_horizons_whose_references_do_not_fit():
     """The tiny teacher file's kb_search, horizons 1-4, in 1,024 tokens: its reference
-    solutions fit 7 of 8 episodes at horizon 2 and none at 3-4 (runs/recipe6's cap); in the
-    file's own 2,048 tokens all of them fit, and no warning is left."""
+    solutions fit every episode at horizons 1-2, 1 of 8 at 3 and none at 4 (runs/recipe6's cap);
+    in the file's own 2,048 tokens all of them fit, and no warning is left."""
     from a1jax.agent.episode import Renderer
     from a1jax.data.chat_template import template_for
     from a1jax.data.tokenizer import load_tokenizer
@@ -359,6 +360,6 @@ def test_the_learner_names_the_horizons_whose_references_do_not_fit():
     budgets = "(seq_len 1024, rl.max_turns 12, rl.max_turn_tokens 256)"
     assert learner.capped_horizons(c, experiment.rl_settings(c), renderer) == [
         f"teacher_grpo_kb_search: warning: kb_search h{h}: {k} of 8 training tasks' reference "
-        f"solutions fit an episode {budgets}" for h, k in [(2, 7), (3, 0), (4, 0)]]
+        f"solutions fit an episode {budgets}" for h, k in [(3, 1), (4, 0)]]
     c.seq_len = 2048
     assert learner.capped_horizons(c, experiment.rl_settings(c), renderer) == []
