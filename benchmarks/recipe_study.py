@@ -72,7 +72,10 @@ OPERATORS = {"add": "+", "subtract": "-", "multiply by": "*"}
 def behaviour(episodes_path: str) -> dict[str, float]:
     """What the success rates alone do not show, from a model's evaluated episodes:
     kb_search: the share of episodes that ever search for the person the task starts from
-    (without it an answer is a guess among synth's 14 cities); calculator: the share whose first
+    (without it an answer is a guess), the share that search for a name neither the task nor an
+    earlier observation holds (a miscopied name: synth's own misspelt searches count too), and
+    the share that repeat a search after it matched nothing (runs/recipe14's failures: a
+    miscopied mentor searched until the turns ran out); calculator: the share whose first
     call uses the operator of the task's first operation; files: the share whose first
     `read_file` opens a file of the inbox (a copy of a listed path), the share that reads every
     listed file, and the share solved under today's `Files.verify` (the episode's calls replayed
@@ -83,6 +86,7 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     from a1jax.agent.environment import make_environment, make_task
 
     named, right_op, read, checked, every, summed = [], [], [], [], [], []
+    miscopied, repeated = [], []
     with open(episodes_path) as f:
         for line in f:
             e = json.loads(line)
@@ -91,6 +95,24 @@ def behaviour(episodes_path: str) -> dict[str, float]:
             if e["domain"] == "kb_search":
                 named.append(any(c["name"] == "search" and a.get("query") == e["verifier"]["start"]
                                  for c, a in zip(calls, args)))
+                seen, failed, pending, wrong, again = "", set(), [], False, False
+                for m in e["messages"]:
+                    if m["role"] == "tool":  # one per call, in order
+                        query = pending.pop(0) if pending else None
+                        if query and (m.get("content") or "").startswith("No documents match"):
+                            failed.add(query)
+                    if m["role"] in ("user", "tool"):
+                        seen += (m.get("content") or "") + "\n"
+                    for c in m.get("tool_calls") or ():
+                        query = c["function"]["arguments"]
+                        query = query.get("query") if isinstance(query, dict) else None
+                        query = query if c["function"]["name"] == "search" else None
+                        if isinstance(query, str):
+                            wrong |= query not in seen
+                            again |= query in failed
+                        pending.append(query if isinstance(query, str) else None)
+                miscopied.append(wrong)
+                repeated.append(again)
             if e["domain"] == "files":
                 paths = [a.get("path") for c, a in zip(calls, args) if c["name"] == "read_file"]
                 inbox = {f"/inbox/{f}" for f in e["verifier"]["inbox"]}
@@ -112,6 +134,9 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     out = {}
     if named:
         out["kb_search: searched the start person"] = float(np.mean(named))
+    if miscopied:
+        out["kb_search: searched a name no text held"] = float(np.mean(miscopied))
+        out["kb_search: repeated a search that matched nothing"] = float(np.mean(repeated))
     if read:
         out["files: first read opens a listed file"] = float(np.mean(read))
     if every:

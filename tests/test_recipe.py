@@ -215,3 +215,27 @@ def test_study_table_and_behaviour_show_the_cap_and_skipped_files(tmp_path):
     assert got["files: read every listed file"] == 0.75
     assert got["files: solved, reads and moves checked"] == 0.5
     assert got["files: solved, of tasks with 2+ even files (a sum)"] == 0.5
+
+
+def test_study_behaviour_counts_miscopied_and_repeated_searches(tmp_path):
+    """benchmarks/recipe_study.py's kb_search behaviour: a search for a name that neither the
+    task nor an earlier observation holds is miscopied (synth's own misspelt search counts), and
+    searching it again after it matched nothing is a repeat; a clean reference is neither."""
+    from a1jax.data import schema, synth
+
+    study = benchmark_module("recipe_study")
+    clean, misspelt = (schema.validate(synth.make_trajectory("kb_search", 2,
+                                                              synth.EVAL_SEED_BASE, i))
+                       for i in (3, 1))
+    failed = next(i for i, m in enumerate(misspelt["messages"])
+                  if m["role"] == "tool" and m["content"].startswith("No documents match"))
+    looped = misspelt["messages"][:failed + 1] + misspelt["messages"][failed - 1:]
+    with open(tmp_path / "episodes.jsonl", "w") as f:
+        for t, messages in [(clean, clean["messages"]), (misspelt, misspelt["messages"]),
+                            (misspelt, looped), (misspelt, looped)]:
+            f.write(json.dumps({"domain": "kb_search", "messages": messages,
+                                "verifier": t["verifier"]}) + "\n")
+    got = study.behaviour(str(tmp_path / "episodes.jsonl"))
+    assert got == {"kb_search: searched the start person": 1.0,
+                   "kb_search: searched a name no text held": 0.75,
+                   "kb_search: repeated a search that matched nothing": 0.5}
