@@ -69,6 +69,19 @@ DOMAINS = ("kb_search", "calculator", "files")  # a1jax.recipe's default, one te
 OPERATORS = {"add": "+", "subtract": "-", "multiply by": "*"}
 
 
+def _calls(messages: list[dict]):
+    """An episode in order: (message, None, None) for the task and each observation, and at each
+    assistant message, (None, call, its observation's text) for each of its tool calls (the tool
+    messages after it answer its calls in order), before those observations."""
+    for i, m in enumerate(messages):
+        if m["role"] in ("user", "tool"):
+            yield m, None, None
+        for k, c in enumerate(m.get("tool_calls") or () if m["role"] == "assistant" else ()):
+            answer = messages[i + 1 + k] if i + 1 + k < len(messages) else {}
+            yield None, c["function"], (answer.get("content") or "" if answer.get("role") == "tool"
+                                        else "")
+
+
 def behaviour(episodes_path: str) -> dict[str, float]:
     """What the success rates alone do not show, from a model's evaluated episodes:
     kb_search: the share of episodes that ever search for the person the task starts from
@@ -76,7 +89,9 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     earlier observation holds (a miscopied name: synth's own misspelt searches count too), and
     the share that repeat a search after it matched nothing (runs/recipe14's failures: a
     miscopied mentor searched until the turns ran out); calculator: the share whose first
-    call uses the operator of the task's first operation; files: the share whose first
+    call uses the operator of the task's first operation, and the share whose calculator calls
+    that returned a value apply exactly the task's operations (operator and number) in order
+    (runs/recipe14's horizon-3 failures apply another line's); files: the share whose first
     `read_file` opens a file of the inbox (a copy of a listed path), the share that reads every
     listed file, and the share solved under today's `Files.verify` (the episode's calls replayed
     into a fresh world: results written before it checked the moves, or the reads, counted the
@@ -86,7 +101,7 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     from a1jax.agent.environment import make_environment, make_task
 
     named, right_op, read, checked, every, summed = [], [], [], [], [], []
-    miscopied, repeated = [], []
+    miscopied, repeated, applied = [], [], []
     with open(episodes_path) as f:
         for line in f:
             e = json.loads(line)
@@ -95,22 +110,18 @@ def behaviour(episodes_path: str) -> dict[str, float]:
             if e["domain"] == "kb_search":
                 named.append(any(c["name"] == "search" and a.get("query") == e["verifier"]["start"]
                                  for c, a in zip(calls, args)))
-                seen, failed, pending, wrong, again = "", set(), [], False, False
-                for m in e["messages"]:
-                    if m["role"] == "tool":  # one per call, in order
-                        query = pending.pop(0) if pending else None
-                        if query and (m.get("content") or "").startswith("No documents match"):
+                seen, failed, wrong, again = "", set(), False, False
+                for message, call, result in _calls(e["messages"]):
+                    if message is not None:
+                        seen += (message.get("content") or "") + "\n"
+                        continue
+                    query = call["arguments"].get("query") if isinstance(
+                        call["arguments"], dict) else None
+                    if call["name"] == "search" and isinstance(query, str):
+                        wrong |= query not in seen
+                        again |= query in failed
+                        if result.startswith("No documents match"):
                             failed.add(query)
-                    if m["role"] in ("user", "tool"):
-                        seen += (m.get("content") or "") + "\n"
-                    for c in m.get("tool_calls") or ():
-                        query = c["function"]["arguments"]
-                        query = query.get("query") if isinstance(query, dict) else None
-                        query = query if c["function"]["name"] == "search" else None
-                        if isinstance(query, str):
-                            wrong |= query not in seen
-                            again |= query in failed
-                        pending.append(query if isinstance(query, str) else None)
                 miscopied.append(wrong)
                 repeated.append(again)
             if e["domain"] == "files":
@@ -126,6 +137,15 @@ def behaviour(episodes_path: str) -> dict[str, float]:
                                and env.verify(last.get("content") or ""))
                 if sum(v % 2 == 0 for v in e["verifier"]["inbox"].values()) >= 2:
                     summed.append(checked[-1])
+            if e["domain"] == "calculator":
+                done = []  # (operator, number) of each calculator call that returned a value
+                for _, call, result in _calls(e["messages"]):
+                    if call and call["name"] == "calculator" and result.strip().isdigit():
+                        found = re.match(r"\W*\d+\s*([-+*])\s*(\d+)",
+                                         str(call["arguments"].get("expression", ""))
+                                         if isinstance(call["arguments"], dict) else "")
+                        done.append(found and (found.group(1), int(found.group(2))))
+                applied.append(done == [(OPERATORS[op], n) for op, n in e["verifier"]["ops"]])
             if e["domain"] == "calculator" and calls:
                 first = str(next(iter(args[0].values()), ""))
                 op = re.match(r"\W*\d+\s*([-+*])", first)
@@ -147,6 +167,8 @@ def behaviour(episodes_path: str) -> dict[str, float]:
         out["files: solved, of tasks with 2+ even files (a sum)"] = float(np.mean(summed))
     if right_op:
         out["calculator: first call's operator right"] = float(np.mean(right_op))
+    if applied:
+        out["calculator: applied the task's operations, in order"] = float(np.mean(applied))
     return out
 
 

@@ -220,7 +220,9 @@ def test_study_table_and_behaviour_show_the_cap_and_skipped_files(tmp_path):
 def test_study_behaviour_counts_miscopied_and_repeated_searches(tmp_path):
     """benchmarks/recipe_study.py's kb_search behaviour: a search for a name that neither the
     task nor an earlier observation holds is miscopied (synth's own misspelt search counts), and
-    searching it again after it matched nothing is a repeat; a clean reference is neither."""
+    searching it again after it matched nothing is a repeat; a clean reference is neither. For
+    calculator, the reference applies the task's operations and a call with another line's
+    number does not."""
     from a1jax.data import schema, synth
 
     study = benchmark_module("recipe_study")
@@ -235,7 +237,20 @@ def test_study_behaviour_counts_miscopied_and_repeated_searches(tmp_path):
                             (misspelt, looped), (misspelt, looped)]:
             f.write(json.dumps({"domain": "kb_search", "messages": messages,
                                 "verifier": t["verifier"]}) + "\n")
+        calc = schema.validate(synth.make_trajectory("calculator", 3, synth.EVAL_SEED_BASE, 0))
+        (first, n), (_, m) = calc["verifier"]["ops"][:2]
+        assert n != m
+        wrong = json.loads(json.dumps(calc["messages"]))
+        call = [c for x in wrong for c in x.get("tool_calls") or ()][1]["function"]
+        call["arguments"]["expression"] = call["arguments"]["expression"].replace(f" {m})",
+                                                                                  f" {n})")
+        for messages in (calc["messages"], wrong):
+            f.write(json.dumps({"domain": "calculator", "messages": messages,
+                                "verifier": calc["verifier"]}) + "\n")
+    assert wrong != calc["messages"] and first in study.OPERATORS
     got = study.behaviour(str(tmp_path / "episodes.jsonl"))
-    assert got == {"kb_search: searched the start person": 1.0,
+    assert got == {"calculator: first call's operator right": 1.0,
+                   "calculator: applied the task's operations, in order": 0.5,
+                   "kb_search: searched the start person": 1.0,
                    "kb_search: searched a name no text held": 0.75,
                    "kb_search: repeated a search that matched nothing": 0.5}
