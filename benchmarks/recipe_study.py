@@ -87,8 +87,9 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     kb_search: the share of episodes that ever search for the person the task starts from
     (without it an answer is a guess), the share that search for a name neither the task nor an
     earlier observation holds (a miscopied name: synth's own misspelt searches count too), and
-    the share that repeat a search after it matched nothing (runs/recipe14's failures: a
-    miscopied mentor searched until the turns ran out); calculator: the share whose first
+    the share that repeat a search after it matched nothing, and the share that search the mentor
+    of the person the task asks about (one link past the chain; runs/recipe14's failures: a
+    miscopied or one-too-far name searched until the turns ran out); calculator: the share whose first
     call uses the operator of the task's first operation, and the share whose calculator calls
     that returned a value apply exactly the task's operations (operator and number) in order
     (runs/recipe14's horizon-3 failures apply another line's); files: the share whose first
@@ -101,7 +102,7 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     from a1jax.agent.environment import make_environment, make_task
 
     named, right_op, read, checked, every, summed = [], [], [], [], [], []
-    miscopied, repeated, applied = [], [], []
+    miscopied, repeated, applied, overshot = [], [], [], []
     with open(episodes_path) as f:
         for line in f:
             e = json.loads(line)
@@ -110,7 +111,10 @@ def behaviour(episodes_path: str) -> dict[str, float]:
             if e["domain"] == "kb_search":
                 named.append(any(c["name"] == "search" and a.get("query") == e["verifier"]["start"]
                                  for c, a in zip(calls, args)))
-                seen, failed, wrong, again = "", set(), False, False
+                kb, reached = e["verifier"]["kb"], e["verifier"]["start"]
+                for _ in range(e["verifier"]["hops"]):
+                    reached = kb[reached]["mentor"]
+                seen, failed, wrong, again, past = "", set(), False, False, False
                 for message, call, result in _calls(e["messages"]):
                     if message is not None:
                         seen += (message.get("content") or "") + "\n"
@@ -119,11 +123,13 @@ def behaviour(episodes_path: str) -> dict[str, float]:
                         call["arguments"], dict) else None
                     if call["name"] == "search" and isinstance(query, str):
                         wrong |= query not in seen
+                        past |= query == kb.get(reached, {}).get("mentor")
                         again |= query in failed
                         if result.startswith("No documents match"):
                             failed.add(query)
                 miscopied.append(wrong)
                 repeated.append(again)
+                overshot.append(past)
             if e["domain"] == "files":
                 paths = [a.get("path") for c, a in zip(calls, args) if c["name"] == "read_file"]
                 inbox = {f"/inbox/{f}" for f in e["verifier"]["inbox"]}
@@ -157,6 +163,7 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     if miscopied:
         out["kb_search: searched a name no text held"] = float(np.mean(miscopied))
         out["kb_search: repeated a search that matched nothing"] = float(np.mean(repeated))
+        out["kb_search: searched one link past the chain"] = float(np.mean(overshot))
     if read:
         out["files: first read opens a listed file"] = float(np.mean(read))
     if every:

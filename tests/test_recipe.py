@@ -220,7 +220,8 @@ def test_study_table_and_behaviour_show_the_cap_and_skipped_files(tmp_path):
 def test_study_behaviour_counts_miscopied_and_repeated_searches(tmp_path):
     """benchmarks/recipe_study.py's kb_search behaviour: a search for a name that neither the
     task nor an earlier observation holds is miscopied (synth's own misspelt search counts), and
-    searching it again after it matched nothing is a repeat; a clean reference is neither. For
+    searching it again after it matched nothing is a repeat, searching the mentor of the person
+    asked about is one link past the chain; a clean reference is none of these. For
     calculator, the reference applies the task's operations and a call with another line's
     number does not."""
     from a1jax.data import schema, synth
@@ -232,9 +233,16 @@ def test_study_behaviour_counts_miscopied_and_repeated_searches(tmp_path):
     failed = next(i for i, m in enumerate(misspelt["messages"])
                   if m["role"] == "tool" and m["content"].startswith("No documents match"))
     looped = misspelt["messages"][:failed + 1] + misspelt["messages"][failed - 1:]
+    kb, reached = clean["verifier"]["kb"], clean["verifier"]["start"]
+    for _ in range(clean["verifier"]["hops"]):
+        reached = kb[reached]["mentor"]
+    past = json.loads(json.dumps(clean["messages"][-3:-1]))  # the last search and its result
+    past[0]["tool_calls"][0]["function"]["arguments"] = {"query": kb[reached]["mentor"]}
+    past[1]["content"] = f"No documents match '{kb[reached]['mentor']}'."
+    overshot = clean["messages"][:-1] + past + clean["messages"][-1:]
     with open(tmp_path / "episodes.jsonl", "w") as f:
         for t, messages in [(clean, clean["messages"]), (misspelt, misspelt["messages"]),
-                            (misspelt, looped), (misspelt, looped)]:
+                            (misspelt, looped), (misspelt, looped), (clean, overshot)]:
             f.write(json.dumps({"domain": "kb_search", "messages": messages,
                                 "verifier": t["verifier"]}) + "\n")
         calc = schema.validate(synth.make_trajectory("calculator", 3, synth.EVAL_SEED_BASE, 0))
@@ -252,5 +260,6 @@ def test_study_behaviour_counts_miscopied_and_repeated_searches(tmp_path):
     assert got == {"calculator: first call's operator right": 1.0,
                    "calculator: applied the task's operations, in order": 0.5,
                    "kb_search: searched the start person": 1.0,
-                   "kb_search: searched a name no text held": 0.75,
-                   "kb_search: repeated a search that matched nothing": 0.5}
+                   "kb_search: searched a name no text held": 0.6,
+                   "kb_search: repeated a search that matched nothing": 0.4,
+                   "kb_search: searched one link past the chain": 0.2}
