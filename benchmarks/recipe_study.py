@@ -2,7 +2,8 @@ r"""The toy recipe study of docs/recipe.md: one full-domain SFT model, then for 
 the GRPO teachers and the distilled student, every model evaluated on the same held-out tasks.
 
     python benchmarks/recipe_study.py --workdir runs/recipe_study --seeds 0,1,2 [--eval-n 16] \
-        [--eval-horizons 1,2] [--parallel-teachers 2] [--part-set PART:KEY=VALUE ...]
+        [--eval-horizons 1,2] [--parallel-teachers 2] [--part-set PART:KEY=VALUE ...] \
+        [--rollout-eval]
 
 Each seed is `python -m a1jax.recipe` in WORKDIR/seed-N with `teacher_grpo:seed=N` and
 `opd_multi_teacher:seed=N` (the seed of their rollouts); the SFT part is the same for every seed
@@ -18,6 +19,8 @@ listed file, and files success rescored under today's verifier, which checks mov
 Rerunning resumes: finished parts are skipped, evaluations extend their episodes.
 `--parallel-teachers N` trains N of a seed's teachers at a time (`a1jax.recipe --only`, after the
 SFT part), then runs the rest.
+`--rollout-eval` evaluates every model again on the same tasks at the sampling the teachers'
+rollouts use (temperature 1, nothing cut) and adds that table.
 `--part-set` overrides a part's setting after the study's own (docs/recipe.md's runs/recipe6
 starts the SFT from runs/recipe5's and extends it to horizon 3 this way).
 """
@@ -67,6 +70,13 @@ def rows(path: str, key: str = "") -> dict[tuple[str, int], float]:
 
 DOMAINS = ("kb_search", "calculator", "files")  # a1jax.recipe's default, one teacher each
 OPERATORS = {"add": "+", "subtract": "-", "multiply by": "*"}
+# `--rollout-eval`'s sampling: what the teachers' GRPO rollouts use (teacher_grpo.py's
+# rl.temperature, 1.0, nothing cut or penalised), where a1jax.eval's default, the study's own
+# evaluation, is Agents-A1's release settings (temperature 0.85, top-p 0.95, top-k 20, presence
+# penalty 1.1). runs/recipe14 (docs/recipe.md): the release settings lift the SFT model about as
+# much as GRPO did, so a teacher's gain shows at the sampling it was trained on and not there.
+ROLLOUT_SAMPLING = ["--temperature", "1.0", "--top-p", "1.0", "--top-k", "0", "--min-p", "0",
+                    "--presence-penalty", "0", "--repetition-penalty", "1.0"]
 
 
 def _calls(messages: list[dict]):
@@ -200,11 +210,12 @@ def behaviour_table(workdir: str, seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table(workdir: str, seeds: list[int], runs: int) -> str:
-    sft = rows(os.path.join(workdir, f"seed-{seeds[0]}", "eval", "sft_full_domain"))
+def table(workdir: str, seeds: list[int], runs: int, evals_dir: str = "eval") -> str:
+    """The study's table from each seed's `evals_dir` (`eval`, or `eval-rollout`)."""
+    sft = rows(os.path.join(workdir, f"seed-{seeds[0]}", evals_dir, "sft_full_domain"))
     per_seed = []
     for seed in seeds:
-        evals = os.path.join(workdir, f"seed-{seed}", "eval")
+        evals = os.path.join(workdir, f"seed-{seed}", evals_dir)
         got = {"opd": rows(os.path.join(evals, "opd_multi_teacher"))}
         for domain in sorted({d for d, _ in sft}):
             got.update({("teacher", d, h): v for (d, h), v in
@@ -214,8 +225,9 @@ def table(workdir: str, seeds: list[int], runs: int) -> str:
     # The reference solutions' own success within each evaluation's budgets, the lowest over
     # the evaluations of the cell (a1jax.eval's `reference`; absent in older results).
     stages = ["opd_multi_teacher"] + [f"teacher_grpo_{d}" for d in sorted({d for d, _ in sft})]
-    evals = [os.path.join(workdir, f"seed-{seeds[0]}", "eval", "sft_full_domain")] + [
-        os.path.join(workdir, f"seed-{seed}", "eval", stage) for seed in seeds for stage in stages]
+    evals = [os.path.join(workdir, f"seed-{seeds[0]}", evals_dir, "sft_full_domain")] + [
+        os.path.join(workdir, f"seed-{seed}", evals_dir, stage) for seed in seeds
+        for stage in stages]
     ceiling: dict[tuple[str, int], float] = {}
     for path in evals:
         for cell, value in rows(path, "reference").items():
@@ -259,6 +271,32 @@ def teachers(cmd: list[str], out: str, at_once: int, poll: float = 5.0) -> None:
         raise SystemExit(f"teachers failed: {', '.join(failed)}; their logs are in {out}/logs")
 
 
+def rollout_evals(workdir: str, seeds: list[int], args: argparse.Namespace) -> list[list[str]]:
+    """`--rollout-eval`'s `a1jax.eval` commands: every model of the study (the SFT model once,
+    each seed's teachers on their own domains, its student on all) on the study's tasks at
+    ROLLOUT_SAMPLING, into seed-N/eval-rollout/PART, with the budgets `a1jax.recipe` evaluates
+    every part under: the last part's (the seed's opd_multi_teacher/experiment.json: rl.max_turns,
+    rl.max_turn_tokens, seq_len)."""
+    cmds = []
+    for seed in seeds:
+        with open(os.path.join(workdir, f"seed-{seed}", "opd_multi_teacher",
+                               "experiment.json")) as f:
+            config = json.load(f)
+        parts = [("sft_full_domain", DOMAINS)] if seed == seeds[0] else []
+        parts += [(f"teacher_grpo_{d}", (d,)) for d in DOMAINS]
+        parts.append(("opd_multi_teacher", DOMAINS))
+        for part, domains in parts:
+            model = os.path.join(workdir, f"seed-{seed}", part)
+            cmds.append([sys.executable, "-m", "a1jax.eval", "--model", model,
+                         "--out", os.path.join(workdir, f"seed-{seed}", "eval-rollout", part),
+                         "--domains", ",".join(domains), "--horizons", args.eval_horizons,
+                         "--n", str(args.eval_n), "--runs", str(args.eval_runs), "--seed", "0",
+                         "--max-turns", str(config["rl"]["max_turns"]),
+                         "--max-turn-tokens", str(config["rl"]["max_turn_tokens"]),
+                         "--max-context", str(config["seq_len"]), *ROLLOUT_SAMPLING])
+    return cmds
+
+
 def recipe_command(out: str, seed: int, args: argparse.Namespace) -> list[str]:
     """One seed's `a1jax.recipe` command: the study's PARTS, then `args.part_set` (later
     overrides win), then the seed of the RL parts."""
@@ -284,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part-set", action="append", default=[], metavar="PART:KEY=VALUE",
                    help="an `a1jax.recipe --part-set` after the study's own (they win), e.g. "
                    "sft_full_domain:init_from=DIR to start the SFT from another run's")
+    p.add_argument("--rollout-eval", action="store_true",
+                   help="also evaluate every model at the teachers' rollout sampling "
+                   "(temperature 1, nothing cut) and add its table to study.md")
     p.add_argument("--only", default="", metavar="PART[,PART]",
                    help="run only these parts of each seed (`a1jax.recipe --only`, evaluated "
                    "the same way) and write no table: a study done a part at a time")
@@ -316,11 +357,19 @@ def main(argv: list[str] | None = None) -> int:
             "teachers (each on its own domain) and the student distilled from them: mean "
             "[min, max] over the seeds. `python benchmarks/recipe_study.py --workdir "
             f"{args.workdir} --seeds {args.seeds} --eval-n {args.eval_n} --eval-horizons "
-            f"{args.eval_horizons}{''.join(' --part-set ' + item for item in args.part_set)}`."
+            f"{args.eval_horizons}{' --rollout-eval' if args.rollout_eval else ''}"
+            f"{''.join(' --part-set ' + item for item in args.part_set)}`."
             "\n\n"
             + table(workdir, seeds, args.eval_runs)
             + "\nBehind the success rates, on the same episodes (`behaviour` in the script):\n\n"
             + behaviour_table(workdir, seeds))
+    if args.rollout_eval:
+        for cmd in rollout_evals(workdir, seeds, args):
+            print(f"== {' '.join(cmd[1:])}", flush=True)
+            subprocess.run(cmd, cwd=REPO, check=True)
+        text += ("\nThe same models and tasks at the teachers' rollout sampling (`--rollout-eval`: "
+                 + " ".join(ROLLOUT_SAMPLING) + "):\n\n"
+                 + table(workdir, seeds, args.eval_runs, "eval-rollout"))
     with open(os.path.join(workdir, "study.md"), "w") as f:
         f.write(text)
     print(text)

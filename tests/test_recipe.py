@@ -263,3 +263,52 @@ def test_study_behaviour_counts_miscopied_and_repeated_searches(tmp_path):
                    "kb_search: searched a name no text held": 0.6,
                    "kb_search: repeated a search that matched nothing": 0.4,
                    "kb_search: searched one link past the chain": 0.2}
+
+
+def test_study_rollout_eval_commands_and_table(tmp_path):
+    """benchmarks/recipe_study.py --rollout-eval: each model once (the SFT model in the first
+    seed only), at the teachers' own rollout temperature, with the budgets a1jax.recipe
+    evaluates every part under (the last part's), into eval-rollout/; the table reads that
+    folder."""
+    import argparse
+
+    from experiments.paper import teacher_grpo
+
+    study = benchmark_module("recipe_study")
+    args = argparse.Namespace(eval_horizons="1,2,3", eval_n=16, eval_runs=3)
+    for seed in (0, 1):
+        for part in ["sft_full_domain"] * (seed == 0) + [
+                f"teacher_grpo_{d}" for d in study.DOMAINS] + ["opd_multi_teacher"]:
+            os.makedirs(tmp_path / f"seed-{seed}" / part)
+            with open(tmp_path / f"seed-{seed}" / part / "experiment.json", "w") as f:
+                last = part == "opd_multi_teacher"
+                json.dump({"rl": {"max_turns": 12 if last else 8,
+                                  "max_turn_tokens": 256 + seed}, "seq_len": 1536}, f)
+    cmds = study.rollout_evals(str(tmp_path), [0, 1], args)
+    assert {c[c.index("--max-turns") + 1] for c in cmds} == {"12"}
+    assert [(c[c.index("--model") + 1], c[c.index("--domains") + 1]) for c in cmds] == [
+        (str(tmp_path / f"seed-{s}" / p), d) for s, p, d in
+        [(0, "sft_full_domain", "kb_search,calculator,files"),
+         (0, "teacher_grpo_kb_search", "kb_search"), (0, "teacher_grpo_calculator", "calculator"),
+         (0, "teacher_grpo_files", "files"), (0, "opd_multi_teacher", "kb_search,calculator,files"),
+         (1, "teacher_grpo_kb_search", "kb_search"), (1, "teacher_grpo_calculator", "calculator"),
+         (1, "teacher_grpo_files", "files"), (1, "opd_multi_teacher", "kb_search,calculator,files")]]
+    assert cmds[-1][1:] == [
+        "-m", "a1jax.eval", "--model", str(tmp_path / "seed-1" / "opd_multi_teacher"),
+        "--out", str(tmp_path / "seed-1" / "eval-rollout" / "opd_multi_teacher"),
+        "--domains", "kb_search,calculator,files", "--horizons", "1,2,3", "--n", "16",
+        "--runs", "3", "--seed", "0", "--max-turns", "12", "--max-turn-tokens", "257",
+        "--max-context", "1536", "--temperature", "1.0", "--top-p", "1.0", "--top-k", "0",
+        "--min-p", "0", "--presence-penalty", "0", "--repetition-penalty", "1.0"]
+    assert float(cmds[0][cmds[0].index("--temperature") + 1]) == (
+        teacher_grpo.get_config("model=tiny").rl.temperature)
+
+    for seed, stage, avg in [(0, "sft_full_domain", 0.25), (0, "teacher_grpo_files", 0.5),
+                             (0, "opd_multi_teacher", 0.375)]:
+        path = tmp_path / f"seed-{seed}" / "eval-rollout" / stage
+        os.makedirs(path)
+        with open(path / "results.json", "w") as f:
+            json.dump({"runs": 3, "rows": [{"domain": "files", "horizon": 3, "avg@3": avg,
+                                            "reference": 1.0}]}, f)
+    assert study.table(str(tmp_path), [0], 3, "eval-rollout").splitlines()[2] == (
+        "| files | 3 | 0.250 | 0.500 | 0.375 | 1.000 |")
