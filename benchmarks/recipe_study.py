@@ -73,8 +73,8 @@ OPERATORS = {"add": "+", "subtract": "-", "multiply by": "*"}
 # `--rollout-eval`'s sampling: what the teachers' GRPO rollouts use (teacher_grpo.py's
 # rl.temperature, 1.0, nothing cut or penalised), where a1jax.eval's default, the study's own
 # evaluation, is Agents-A1's release settings (temperature 0.85, top-p 0.95, top-k 20, presence
-# penalty 1.1). runs/recipe14 (docs/recipe.md): the release settings lift the SFT model about as
-# much as GRPO did, so a teacher's gain shows at the sampling it was trained on and not there.
+# penalty 1.1). runs/recipe14 (docs/recipe.md): the two disagree; the release settings lift the
+# SFT model about as much as GRPO does at temperature 1, and files' teachers gain only there.
 ROLLOUT_SAMPLING = ["--temperature", "1.0", "--top-p", "1.0", "--top-k", "0", "--min-p", "0",
                     "--presence-penalty", "0", "--repetition-penalty", "1.0"]
 
@@ -96,13 +96,13 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     """What the success rates alone do not show, from a model's evaluated episodes:
     kb_search: the share of episodes that ever search for the person the task starts from
     (without it an answer is a guess), the share that search for a name neither the task nor an
-    earlier observation holds (a miscopied name: synth's own misspelt searches count too), and
-    the share that repeat a search after it matched nothing, and the share that search the mentor
-    of the person the task asks about (one link past the chain; runs/recipe14's failures: a
-    miscopied or one-too-far name searched until the turns ran out); calculator: the share whose first
-    call uses the operator of the task's first operation, and the share whose calculator calls
-    that returned a value apply exactly the task's operations (operator and number) in order
-    (runs/recipe14's horizon-3 failures apply another line's); files: the share whose first
+    earlier observation holds (a miscopied name: synth's own misspelt searches count too), the
+    share that repeat a search after it matched nothing, and the share that search the mentor of
+    the person the task asks about (one link past the chain; runs/recipe14's failures: a
+    miscopied or one-too-far name searched until the turns ran out); calculator: the share whose
+    first call uses the operator of the task's first operation, and the share whose calculator
+    calls that returned a value apply exactly the task's operations (operator and number) in
+    order (runs/recipe14's horizon-3 failures apply another line's); files: the share whose first
     `read_file` opens a file of the inbox (a copy of a listed path), the share that reads every
     listed file, and the share solved under today's `Files.verify` (the episode's calls replayed
     into a fresh world: results written before it checked the moves, or the reads, counted the

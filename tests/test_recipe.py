@@ -290,7 +290,8 @@ def test_study_rollout_eval_commands_and_table(tmp_path):
         (str(tmp_path / f"seed-{s}" / p), d) for s, p, d in
         [(0, "sft_full_domain", "kb_search,calculator,files"),
          (0, "teacher_grpo_kb_search", "kb_search"), (0, "teacher_grpo_calculator", "calculator"),
-         (0, "teacher_grpo_files", "files"), (0, "opd_multi_teacher", "kb_search,calculator,files"),
+         (0, "teacher_grpo_files", "files"),
+         (0, "opd_multi_teacher", "kb_search,calculator,files"),
          (1, "teacher_grpo_kb_search", "kb_search"), (1, "teacher_grpo_calculator", "calculator"),
          (1, "teacher_grpo_files", "files"), (1, "opd_multi_teacher", "kb_search,calculator,files")]]
     assert cmds[-1][1:] == [
