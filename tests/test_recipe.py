@@ -293,7 +293,8 @@ def test_study_rollout_eval_commands_and_table(tmp_path):
          (0, "teacher_grpo_files", "files"),
          (0, "opd_multi_teacher", "kb_search,calculator,files"),
          (1, "teacher_grpo_kb_search", "kb_search"), (1, "teacher_grpo_calculator", "calculator"),
-         (1, "teacher_grpo_files", "files"), (1, "opd_multi_teacher", "kb_search,calculator,files")]]
+         (1, "teacher_grpo_files", "files"),
+         (1, "opd_multi_teacher", "kb_search,calculator,files")]]
     assert cmds[-1][1:] == [
         "-m", "a1jax.eval", "--model", str(tmp_path / "seed-1" / "opd_multi_teacher"),
         "--out", str(tmp_path / "seed-1" / "eval-rollout" / "opd_multi_teacher"),
