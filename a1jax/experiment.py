@@ -128,6 +128,16 @@ def base() -> ml_collections.ConfigDict:
     c.rl.horizon_max = 2
     c.rl.group_size = 4  # samples per prompt (grpo's G); opd takes 1
     c.rl.temperature = 1.0
+    # The rollouts' other sampling settings (a1jax.infer.sampling.SamplingParams; off by
+    # default, as the paper's teachers sample). Agents-A1's release settings, what a1jax.eval
+    # samples with, are temperature 0.85, top_p 0.95, top_k 20, presence_penalty 1.1. The
+    # sampler records each token's log-probability under the distribution it drew from, so the
+    # truncated importance weight (importance_cap) corrects for any of them.
+    c.rl.top_k = 0
+    c.rl.top_p = 1.0
+    c.rl.min_p = 0.0
+    c.rl.presence_penalty = 0.0
+    c.rl.repetition_penalty = 1.0
     c.rl.max_turns = 8  # model calls per episode; the context is seq_len
     c.rl.max_turn_tokens = 256
     c.rl.advantage = "grpo"  # grpo | dr_grpo | rloo (a1jax.rl.losses.ADVANTAGES)
@@ -384,6 +394,11 @@ def rl_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
         raise ExperimentError(f"distill.mode=sampled_token estimates the reverse KL from the "
                               f"student's own samples: rl.temperature must be 1.0, got "
                               f"{r.temperature}")
+    changed = [f"{k}={r[k]}" for k in SAMPLING_KEYS if r[k] != RL_ADDED[k]]
+    if r.algorithm == "opd" and d.mode == "sampled_token" and changed:
+        raise ExperimentError(f"distill.mode=sampled_token estimates the reverse KL from the "
+                              f"student's own samples: rl.{', rl.'.join(changed)} must be off")
+    rollout_sampling(c)  # SamplingParams' own checks, before anything compiles
     if r.reward and ":" not in r.reward:
         raise ExperimentError(f"rl.reward: {r.reward!r} is not 'package.module:function'")
     teachers: dict[str, str] = {}
@@ -409,6 +424,21 @@ def rl_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
             "prompts": c.batch_size // group, "teachers": teachers,
             "horizons": (r.horizon_min, r.horizon_max), "top_k": top_k,
             "loss_mode": "renormalised" if d.mode == "full_vocab" else d.mode}
+
+
+SAMPLING_KEYS = ("top_k", "top_p", "min_p", "presence_penalty", "repetition_penalty")
+
+
+def rollout_sampling(c: ml_collections.ConfigDict, **fields):
+    """The rollouts' SamplingParams: rl.temperature and the rl keys SAMPLING_KEYS, plus
+    `fields` (max_new_tokens, stop_tokens, seed)."""
+    from a1jax.infer.sampling import SamplingParams
+
+    try:
+        return SamplingParams(temperature=c.rl.temperature,
+                              **{k: c.rl[k] for k in SAMPLING_KEYS}, **fields)
+    except A1Error as e:
+        raise ExperimentError(f"rl: {e}") from None
 
 
 def agent_eval_settings(c: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -448,7 +478,9 @@ def parameter_fields(config: ModelConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_json_dict().items() if k not in COMPUTE_FIELDS}
 
 
-RL_ADDED = {"progress_reward": 0.0}  # rl keys added after runs were made, with their defaults
+# rl keys added after runs were made, with their defaults
+RL_ADDED = {"progress_reward": 0.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0,
+            "presence_penalty": 0.0, "repetition_penalty": 1.0}
 
 
 def identity(c: ml_collections.ConfigDict) -> dict[str, Any]:

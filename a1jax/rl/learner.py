@@ -3,7 +3,8 @@ with salient vocabulary alignment (OPD), as one loop:
 
     rollout  the current parameters act in the environments (a1jax.agent's episode loop, the
              engine reading the training state's parameters in place): batch_size episodes,
-             batch_size / group_size prompts with group_size samples each, temperature rl.temperature
+             batch_size / group_size prompts with group_size samples each, at rl.temperature (and
+             rl.top_k, top_p, min_p and the penalties, off by default)
     score    grpo: each episode's reward (the verifier's 0/1 and the shaping terms, or
              rl.reward), advantages within its group, groups whose rewards do not vary dropped;
              opd: the routed teacher's top-k ids and log-probabilities at every position
@@ -231,16 +232,15 @@ class Learner:
         from a1jax.data.chat_template import template_for
         from a1jax.generate import default_stop_tokens
         from a1jax.infer.engine import Engine
-        from a1jax.infer.sampling import SamplingParams
 
         c, config = plan.config, plan.model_config
         self.c, self.plan, self.trainer, self.settings = c, plan, trainer, settings
         self.algorithm = settings["algorithm"]
         self.renderer = Renderer(tokenizer, template_for(tokenizer))
         self.budgets = episode_budgets(c)
-        self.sampling = SamplingParams(temperature=c.rl.temperature,
-                                       max_new_tokens=c.rl.max_turn_tokens,
-                                       stop_tokens=tuple(default_stop_tokens(config, tokenizer)))
+        self.sampling = experiment.rollout_sampling(
+            c, max_new_tokens=c.rl.max_turn_tokens,
+            stop_tokens=tuple(default_stop_tokens(config, tokenizer)))
         self.engine_class = Engine
         self.engine = None
         self._shardings = batch_shardings(trainer)

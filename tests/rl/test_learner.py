@@ -15,6 +15,7 @@ import pytest
 
 from a1jax import curriculum, experiment
 from a1jax.errors import A1Error
+from a1jax.infer.sampling import RELEASE
 from a1jax.rl import learner
 from a1jax.train import metrics, runner
 from tests.train.runner_helpers import REPO, assert_trees_close, final_params, wait_for_step
@@ -282,6 +283,32 @@ def test_progress_reward_at_its_default_leaves_a_teacher_s_identity_as_it_was():
     assert experiment.fingerprint(c) != before
 
 
+def test_rollout_sampling_settings_reach_the_sampler(grpo_run, tmp_path):
+    """rl.top_k and the other rollout settings are the sampler's; the recorded log-probability is
+    the one it drew from: with top_k=1 every model token's is exactly 0 (at the default, top_k
+    off, none is). At their defaults they leave a teacher's identity as it was."""
+    c = config(GRPO, *GRPO_SETS, "rl.top_k=20", "rl.top_p=0.95", "rl.min_p=0.05",
+               "rl.presence_penalty=1.1", "rl.repetition_penalty=1.05", "rl.temperature=0.85")
+    assert experiment.rollout_sampling(c, seed=3) == experiment.rollout_sampling(
+        c).replace(seed=3)
+    assert experiment.rollout_sampling(c) == RELEASE.replace(
+        min_p=0.05, repetition_penalty=1.05)
+    identity = experiment.identity(config(GRPO, *GRPO_SETS))["rl"]
+    assert not set(experiment.SAMPLING_KEYS) & set(identity)
+    assert experiment.identity(c)["rl"]["presence_penalty"] == 1.1
+
+    def model_logprobs(workdir):
+        return [lp for text in rollouts(workdir).values() for line in text.splitlines()
+                for lp, m in zip(json.loads(line)["metadata"]["episode"]["logprobs"],
+                                 json.loads(line)["metadata"]["episode"]["model_mask"]) if m]
+
+    workdir = str(tmp_path / "top1")
+    runner.run(config(GRPO, *GRPO_SETS, "steps=1", "rl.top_k=1"), workdir, **quiet)
+    top1 = model_logprobs(workdir)
+    assert len(top1) > 8 and set(top1) == {0.0}
+    assert 0.0 not in model_logprobs(grpo_run)[:8]
+
+
 def test_errors_before_compiling(grpo_run, tmp_path):
     cases = [
         (OPD, ("requires_init=False",),
@@ -293,6 +320,11 @@ def test_errors_before_compiling(grpo_run, tmp_path):
                "rl.temperature=0.7"),
          "distill.mode=sampled_token estimates the reverse KL from the student's own samples: "
          "rl.temperature must be 1.0, got 0.7"),
+        (OPD, ("requires_init=False", "distill.teachers=*=x", "distill.mode=sampled_token",
+               "rl.top_k=20", "rl.presence_penalty=1.1"),
+         "distill.mode=sampled_token estimates the reverse KL from the student's own samples: "
+         "rl.top_k=20, rl.presence_penalty=1.1 must be off"),
+        (GRPO, ("requires_init=False", "rl.top_p=0.0"), "rl: top_p must be in (0, 1], got 0.0"),
         (OPD, ("requires_init=False", f"distill.teachers=kb_search={grpo_run},calculator=x"),
          "domain files has no teacher: set distill.teachers (\"files=DIR,...\" or \"*=DIR\")"),
         (OPD, ("requires_init=False", f"distill.teachers=*={grpo_run}"),
