@@ -70,13 +70,27 @@ def rows(path: str, key: str = "") -> dict[tuple[str, int], float]:
 
 DOMAINS = ("kb_search", "calculator", "files")  # a1jax.recipe's default, one teacher each
 OPERATORS = {"add": "+", "subtract": "-", "multiply by": "*"}
-# `--rollout-eval`'s sampling: what the teachers' GRPO rollouts use (teacher_grpo.py's
-# rl.temperature, 1.0, nothing cut or penalised), where a1jax.eval's default, the study's own
-# evaluation, is Agents-A1's release settings (temperature 0.85, top-p 0.95, top-k 20, presence
-# penalty 1.1). runs/recipe14 (docs/recipe.md): the two disagree; the release settings lift the
-# SFT model about as much as GRPO does at temperature 1, and files' teachers gain only there.
-ROLLOUT_SAMPLING = ["--temperature", "1.0", "--top-p", "1.0", "--top-k", "0", "--min-p", "0",
-                    "--presence-penalty", "0", "--repetition-penalty", "1.0"]
+# `--rollout-eval`'s sampling: what the teachers' GRPO rollouts use (their experiment.json's
+# rl.temperature and the rl keys below; teacher_grpo.py's default: temperature 1.0, nothing cut
+# or penalised), where a1jax.eval's default, the study's own evaluation, is Agents-A1's release
+# settings (temperature 0.85, top-p 0.95, top-k 20, presence penalty 1.1). runs/recipe14
+# (docs/recipe.md): the two disagree; the release settings lift the SFT model about as much as
+# GRPO does at temperature 1, and files' teachers gain only there.
+SAMPLING_FLAGS = {"temperature": "--temperature", "top_p": "--top-p", "top_k": "--top-k",
+                  "min_p": "--min-p", "presence_penalty": "--presence-penalty",
+                  "repetition_penalty": "--repetition-penalty"}
+
+
+def rollout_sampling(workdir: str, seed: int) -> list[str]:
+    """a1jax.eval's sampling flags for the rollouts of the seed's first teacher (a key its
+    experiment.json lacks predates it: its default, which the run used)."""
+    from a1jax import experiment
+
+    with open(os.path.join(workdir, f"seed-{seed}", f"teacher_grpo_{DOMAINS[0]}",
+                           "experiment.json")) as f:
+        rl = json.load(f)["rl"]
+    return [a for key, flag in SAMPLING_FLAGS.items()
+            for a in (flag, str(rl.get(key, experiment.RL_ADDED.get(key))))]
 
 
 def _calls(messages: list[dict]):
@@ -273,10 +287,10 @@ def teachers(cmd: list[str], out: str, at_once: int, poll: float = 5.0) -> None:
 
 def rollout_evals(workdir: str, seeds: list[int], args: argparse.Namespace) -> list[list[str]]:
     """`--rollout-eval`'s `a1jax.eval` commands: every model of the study (the SFT model once,
-    each seed's teachers on their own domains, its student on all) on the study's tasks at
-    ROLLOUT_SAMPLING, into seed-N/eval-rollout/PART, with the budgets `a1jax.recipe` evaluates
-    every part under: the last part's (the seed's opd_multi_teacher/experiment.json: rl.max_turns,
-    rl.max_turn_tokens, seq_len)."""
+    each seed's teachers on their own domains, its student on all) on the study's tasks at the
+    seed's teachers' rollout sampling (`rollout_sampling`), into seed-N/eval-rollout/PART, with
+    the budgets `a1jax.recipe` evaluates every part under: the last part's (the seed's
+    opd_multi_teacher/experiment.json: rl.max_turns, rl.max_turn_tokens, seq_len)."""
     cmds = []
     for seed in seeds:
         with open(os.path.join(workdir, f"seed-{seed}", "opd_multi_teacher",
@@ -293,7 +307,8 @@ def rollout_evals(workdir: str, seeds: list[int], args: argparse.Namespace) -> l
                          "--n", str(args.eval_n), "--runs", str(args.eval_runs), "--seed", "0",
                          "--max-turns", str(config["rl"]["max_turns"]),
                          "--max-turn-tokens", str(config["rl"]["max_turn_tokens"]),
-                         "--max-context", str(config["seq_len"]), *ROLLOUT_SAMPLING])
+                         "--max-context", str(config["seq_len"]),
+                         *rollout_sampling(workdir, seed)])
     return cmds
 
 
@@ -324,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                    "sft_full_domain:init_from=DIR to start the SFT from another run's")
     p.add_argument("--rollout-eval", action="store_true",
                    help="also evaluate every model at the teachers' rollout sampling "
-                   "(temperature 1, nothing cut) and add its table to study.md")
+                   "(their rl.temperature, top_k, top_p, min_p and penalties; by default "
+                   "temperature 1, nothing cut) and add its table to study.md")
     p.add_argument("--only", default="", metavar="PART[,PART]",
                    help="run only these parts of each seed (`a1jax.recipe --only`, evaluated "
                    "the same way) and write no table: a study done a part at a time")
@@ -368,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {' '.join(cmd[1:])}", flush=True)
             subprocess.run(cmd, cwd=REPO, check=True)
         text += ("\nThe same models and tasks at the teachers' rollout sampling (`--rollout-eval`: "
-                 + " ".join(ROLLOUT_SAMPLING) + "):\n\n"
+                 + " ".join(rollout_sampling(workdir, seeds[0])) + "):\n\n"
                  + table(workdir, seeds, args.eval_runs, "eval-rollout"))
     with open(os.path.join(workdir, "study.md"), "w") as f:
         f.write(text)

@@ -267,9 +267,9 @@ def test_study_behaviour_counts_miscopied_and_repeated_searches(tmp_path):
 
 def test_study_rollout_eval_commands_and_table(tmp_path):
     """benchmarks/recipe_study.py --rollout-eval: each model once (the SFT model in the first
-    seed only), at the teachers' own rollout temperature, with the budgets a1jax.recipe
-    evaluates every part under (the last part's), into eval-rollout/; the table reads that
-    folder."""
+    seed only), at the seed's teachers' own rollout sampling (a key their experiment.json lacks:
+    its default), with the budgets a1jax.recipe evaluates every part under (the last part's),
+    into eval-rollout/; the table reads that folder."""
     import argparse
 
     from experiments.paper import teacher_grpo
@@ -282,8 +282,11 @@ def test_study_rollout_eval_commands_and_table(tmp_path):
             os.makedirs(tmp_path / f"seed-{seed}" / part)
             with open(tmp_path / f"seed-{seed}" / part / "experiment.json", "w") as f:
                 last = part == "opd_multi_teacher"
+                sampling = {"temperature": 0.85, "top_k": 20, "presence_penalty": 1.1} \
+                    if seed else {"temperature": 1.0}  # seed 0's predate the other keys
                 json.dump({"rl": {"max_turns": 12 if last else 8,
-                                  "max_turn_tokens": 256 + seed}, "seq_len": 1536}, f)
+                                  "max_turn_tokens": 256 + seed, **sampling},
+                           "seq_len": 1536}, f)
     cmds = study.rollout_evals(str(tmp_path), [0, 1], args)
     assert {c[c.index("--max-turns") + 1] for c in cmds} == {"12"}
     assert [(c[c.index("--model") + 1], c[c.index("--domains") + 1]) for c in cmds] == [
@@ -300,10 +303,13 @@ def test_study_rollout_eval_commands_and_table(tmp_path):
         "--out", str(tmp_path / "seed-1" / "eval-rollout" / "opd_multi_teacher"),
         "--domains", "kb_search,calculator,files", "--horizons", "1,2,3", "--n", "16",
         "--runs", "3", "--seed", "0", "--max-turns", "12", "--max-turn-tokens", "257",
-        "--max-context", "1536", "--temperature", "1.0", "--top-p", "1.0", "--top-k", "0",
-        "--min-p", "0", "--presence-penalty", "0", "--repetition-penalty", "1.0"]
-    assert float(cmds[0][cmds[0].index("--temperature") + 1]) == (
-        teacher_grpo.get_config("model=tiny").rl.temperature)
+        "--max-context", "1536", "--temperature", "0.85", "--top-p", "1.0", "--top-k", "20",
+        "--min-p", "0.0", "--presence-penalty", "1.1", "--repetition-penalty", "1.0"]
+    rl = teacher_grpo.get_config("model=tiny").rl
+    assert cmds[0][cmds[0].index("--temperature"):] == [
+        "--temperature", str(rl.temperature), "--top-p", str(rl.top_p), "--top-k", str(rl.top_k),
+        "--min-p", str(rl.min_p), "--presence-penalty", str(rl.presence_penalty),
+        "--repetition-penalty", str(rl.repetition_penalty)]
 
     for seed, stage, avg in [(0, "sft_full_domain", 0.25), (0, "teacher_grpo_files", 0.5),
                              (0, "opd_multi_teacher", 0.375)]:
