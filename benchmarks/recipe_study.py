@@ -20,7 +20,9 @@ Rerunning resumes: finished parts are skipped, evaluations extend their episodes
 `--parallel-teachers N` trains N of a seed's teachers at a time (`a1jax.recipe --only`, after the
 SFT part), then runs the rest.
 `--rollout-eval` evaluates every model again on the same tasks at the sampling the teachers'
-rollouts use (temperature 1, nothing cut) and adds that table.
+rollouts use (by default temperature 1, nothing cut) and adds that table.
+`--gains EVALS` writes each model's gain over the SFT model per domain, with an interval over
+tasks, from finished evaluations (seed-N/EVALS/PART/episodes.jsonl).
 `--part-set` overrides a part's setting after the study's own (docs/recipe.md's runs/recipe6
 starts the SFT from runs/recipe5's and extends it to horizon 3 this way).
 """
@@ -257,6 +259,56 @@ def table(workdir: str, seeds: list[int], runs: int, evals_dir: str = "eval") ->
     return "\n".join(lines) + "\n"
 
 
+def task_success(path: str) -> dict[tuple[str, int, int], float]:
+    """Each task's success rate over its runs, by (domain, horizon, task index), from an
+    evaluation's episodes.jsonl."""
+    runs: dict[tuple[str, int, int], list[float]] = {}
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            key = (r["domain"], r["metadata"]["horizon"], r["metadata"]["index"])
+            runs.setdefault(key, []).append(float(r["metadata"]["episode"]["reward"]))
+    return {k: float(np.mean(v)) for k, v in runs.items()}
+
+
+def gain(base: dict, model: dict, domain: str, resamples: int = 2000,
+         seed: int = 0) -> tuple[float, float, float, float, int]:
+    """(base, model, lo, hi, tasks): the two models' success over the domain's tasks both were
+    evaluated on (every horizon, each task weighing the same) and a 95% paired bootstrap
+    interval of the difference, tasks resampled within each horizon. The interval is over
+    held-out tasks, for one trained model: it says whether the evaluation resolves the
+    difference, not how another training seed would do."""
+    keys = sorted(k for k in base.keys() & model.keys() if k[0] == domain)
+    diff = np.array([model[k] - base[k] for k in keys])
+    horizons = np.array([k[1] for k in keys])
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(horizons == h) for h in np.unique(horizons)]
+    means = [np.concatenate([diff[rng.choice(g, len(g))] for g in groups]).mean()
+             for _ in range(resamples)]
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return (float(np.mean([base[k] for k in keys])), float(np.mean([model[k] for k in keys])),
+            float(lo), float(hi), len(keys))
+
+
+def gains_table(workdir: str, seeds: list[int], evals_dir: str) -> str:
+    """Each teacher on its domain and each student on every domain against the SFT model, from
+    the seeds' `evals_dir`: the domain's success over horizons and its paired interval."""
+    sft = task_success(os.path.join(workdir, f"seed-{seeds[0]}", evals_dir, "sft_full_domain",
+                                    "episodes.jsonl"))
+    lines = ["| model | seed | domain | tasks | SFT | model | gain [95% over tasks] |",
+             "|---|---|---|---|---|---|---|"]
+    for seed in seeds:
+        for part, domains in [(f"teacher_grpo_{d}", (d,)) for d in DOMAINS] + [
+                ("opd_multi_teacher", DOMAINS)]:
+            model = task_success(os.path.join(workdir, f"seed-{seed}", evals_dir, part,
+                                              "episodes.jsonl"))
+            for domain in domains:
+                base, value, lo, hi, n = gain(sft, model, domain)
+                lines.append(f"| {part} | {seed} | {domain} | {n} | {base:.3f} | {value:.3f} | "
+                             f"{value - base:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
+    return "\n".join(lines) + "\n"
+
+
 def teachers(cmd: list[str], out: str, at_once: int, poll: float = 5.0) -> None:
     """Each domain's teacher in its own process (`a1jax.recipe --only`), `at_once` at a time,
     logged to OUT/logs/teacher_grpo_DOMAIN.log; raises if one fails. A `tiny` teacher's process
@@ -341,12 +393,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="also evaluate every model at the teachers' rollout sampling "
                    "(their rl.temperature, top_k, top_p, min_p and penalties; by default "
                    "temperature 1, nothing cut) and add its table to study.md")
+    p.add_argument("--gains", default="", metavar="EVALS",
+                   help="train and evaluate nothing: write WORKDIR/gains-EVALS.md, each teacher "
+                   "and student against the SFT model per domain with a paired interval over "
+                   "tasks, from the seeds' EVALS folders (eval, or the a1jax.eval outputs of "
+                   "more tasks: docs/recipe.md)")
     p.add_argument("--only", default="", metavar="PART[,PART]",
                    help="run only these parts of each seed (`a1jax.recipe --only`, evaluated "
                    "the same way) and write no table: a study done a part at a time")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     workdir = os.path.abspath(args.workdir)
+    if args.gains:
+        text = gains_table(workdir, seeds, args.gains)
+        with open(os.path.join(workdir, f"gains-{args.gains}.md"), "w") as f:
+            f.write(text)
+        print(text)
+        return 0
     for seed in seeds:
         out = os.path.join(workdir, f"seed-{seed}")
         os.makedirs(out, exist_ok=True)

@@ -320,3 +320,45 @@ def test_study_rollout_eval_commands_and_table(tmp_path):
                                             "reference": 1.0}]}, f)
     assert study.table(str(tmp_path), [0], 3, "eval-rollout").splitlines()[2] == (
         "| files | 3 | 0.250 | 0.500 | 0.375 | 1.000 |")
+
+
+def test_study_gains_pair_tasks_and_bound_the_difference(tmp_path):
+    """benchmarks/recipe_study.py --gains: each model against the SFT model on the tasks both
+    were evaluated on (each task's mean over its runs, every horizon weighing by its tasks), with
+    a paired bootstrap interval over tasks: a difference the same on every task has an interval
+    of that width 0; one on a single task of four spans zero."""
+    study = benchmark_module("recipe_study")
+
+    def write(part, rewards, seed=0):  # {(domain, horizon, index): [reward per run]}
+        path = tmp_path / f"seed-{seed}" / "eval-64" / part
+        os.makedirs(path)
+        with open(path / "episodes.jsonl", "w") as f:
+            for (domain, horizon, index), runs in rewards.items():
+                for run, reward in enumerate(runs):
+                    f.write(json.dumps({"id": f"{domain}-h{horizon}-{index}-run{run}",
+                                        "domain": domain, "metadata": {
+                                            "horizon": horizon, "index": index, "run": run,
+                                            "episode": {"reward": reward}}}) + "\n")
+
+    sft = {(d, h, i): [0.0, 1.0, 0.0] for d in study.DOMAINS for h in (1, 2) for i in (0, 1)}
+    sft[("files", 3, 0)] = [0.0] * 3  # evaluated for the SFT model only: not compared
+    write("sft_full_domain", sft)
+    for d in study.DOMAINS:  # every teacher solves one more run of every task
+        write(f"teacher_grpo_{d}", {k: [1.0, 1.0, 0.0] for k in sft if k[0] == d and k[1] < 3})
+    student = {k: v for k, v in sft.items() if k[1] < 3}
+    student[("files", 2, 1)] = [1.0, 1.0, 1.0]  # one task of four solved in every run
+    write("opd_multi_teacher", student)
+
+    base = study.task_success(str(tmp_path / "seed-0" / "eval-64" / "sft_full_domain"
+                                  / "episodes.jsonl"))
+    assert base[("files", 3, 0)] == 0.0 and base[("kb_search", 1, 0)] == pytest.approx(1 / 3)
+    assert study.main(["--workdir", str(tmp_path), "--seeds", "0", "--gains", "eval-64"]) == 0
+    text = (tmp_path / "gains-eval-64.md").read_text().splitlines()
+    assert text[2:5] == [
+        f"| teacher_grpo_{d} | 0 | {d} | 4 | 0.333 | 0.667 | +0.333 [+0.333, +0.333] |"
+        for d in study.DOMAINS]
+    assert text[5:7] == [f"| opd_multi_teacher | 0 | {d} | 4 | 0.333 | 0.333 | +0.000 "
+                         "[+0.000, +0.000] |" for d in ("kb_search", "calculator")]
+    assert text[7].startswith("| opd_multi_teacher | 0 | files | 4 | 0.333 | 0.500 | +0.167 [")
+    lo, hi = (float(x) for x in text[7].split("[")[1].rstrip("] |").split(", "))
+    assert lo <= 0.0 < 0.167 < hi
