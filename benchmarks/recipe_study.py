@@ -83,7 +83,7 @@ SAMPLING_FLAGS = {"temperature": "--temperature", "top_p": "--top-p", "top_k": "
                   "repetition_penalty": "--repetition-penalty"}
 
 
-def rollout_sampling(workdir: str, seed: int) -> list[str]:
+def rollout_sampling_flags(workdir: str, seed: int) -> list[str]:
     """a1jax.eval's sampling flags for the rollouts of the seed's first teacher (a key its
     experiment.json lacks predates it: its default, which the run used)."""
     from a1jax import experiment
@@ -262,6 +262,8 @@ def table(workdir: str, seeds: list[int], runs: int, evals_dir: str = "eval") ->
 def task_success(path: str) -> dict[tuple[str, int, int], float]:
     """Each task's success rate over its runs, by (domain, horizon, task index), from an
     evaluation's episodes.jsonl."""
+    if not os.path.exists(path):
+        raise SystemExit(f"{path}: no such evaluation (a1jax.eval --out {os.path.dirname(path)})")
     runs: dict[tuple[str, int, int], list[float]] = {}
     with open(path) as f:
         for line in f:
@@ -340,9 +342,10 @@ def teachers(cmd: list[str], out: str, at_once: int, poll: float = 5.0) -> None:
 def rollout_evals(workdir: str, seeds: list[int], args: argparse.Namespace) -> list[list[str]]:
     """`--rollout-eval`'s `a1jax.eval` commands: every model of the study (the SFT model once,
     each seed's teachers on their own domains, its student on all) on the study's tasks at the
-    seed's teachers' rollout sampling (`rollout_sampling`), into seed-N/eval-rollout/PART, with
-    the budgets `a1jax.recipe` evaluates every part under: the last part's (the seed's
-    opd_multi_teacher/experiment.json: rl.max_turns, rl.max_turn_tokens, seq_len)."""
+    seed's teachers' rollout sampling (`rollout_sampling_flags`), into
+    seed-N/eval-rollout/PART, with the budgets `a1jax.recipe` evaluates every part under: the
+    last part's (the seed's opd_multi_teacher/experiment.json: rl.max_turns,
+    rl.max_turn_tokens, seq_len)."""
     cmds = []
     for seed in seeds:
         with open(os.path.join(workdir, f"seed-{seed}", "opd_multi_teacher",
@@ -360,7 +363,7 @@ def rollout_evals(workdir: str, seeds: list[int], args: argparse.Namespace) -> l
                          "--max-turns", str(config["rl"]["max_turns"]),
                          "--max-turn-tokens", str(config["rl"]["max_turn_tokens"]),
                          "--max-context", str(config["seq_len"]),
-                         *rollout_sampling(workdir, seed)])
+                         *rollout_sampling_flags(workdir, seed)])
     return cmds
 
 
@@ -447,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {' '.join(cmd[1:])}", flush=True)
             subprocess.run(cmd, cwd=REPO, check=True)
         text += ("\nThe same models and tasks at the teachers' rollout sampling (`--rollout-eval`: "
-                 + " ".join(rollout_sampling(workdir, seeds[0])) + "):\n\n"
+                 + " ".join(rollout_sampling_flags(workdir, seeds[0])) + "):\n\n"
                  + table(workdir, seeds, args.eval_runs, "eval-rollout"))
     with open(os.path.join(workdir, "study.md"), "w") as f:
         f.write(text)

@@ -362,3 +362,7 @@ def test_study_gains_pair_tasks_and_bound_the_difference(tmp_path):
     assert text[7].startswith("| opd_multi_teacher | 0 | files | 4 | 0.333 | 0.500 | +0.167 [")
     lo, hi = (float(x) for x in text[7].split("[")[1].rstrip("] |").split(", "))
     assert lo <= 0.0 < 0.167 < hi
+    missing = tmp_path / "seed-1" / "eval-64" / "teacher_grpo_kb_search"
+    with pytest.raises(SystemExit, match=f"^{missing}/episodes.jsonl: no such evaluation "
+                       rf"\(a1jax.eval --out {missing}\)$"):
+        study.main(["--workdir", str(tmp_path), "--seeds", "0,1", "--gains", "eval-64"])
