@@ -22,7 +22,8 @@ SFT part), then runs the rest.
 `--rollout-eval` evaluates every model again on the same tasks at the sampling the teachers'
 rollouts use (by default temperature 1, nothing cut) and adds that table.
 `--gains EVALS` writes each model's gain over the SFT model per domain, with an interval over
-tasks, from finished evaluations (seed-N/EVALS/PART/episodes.jsonl).
+tasks, from finished evaluations (seed-N/EVALS/PART/episodes.jsonl), and with two seeds or more
+the mean gain with an interval over the training seeds.
 `--part-set` overrides a part's setting after the study's own (docs/recipe.md's runs/recipe6
 starts the SFT from runs/recipe5's and extends it to horizon 3 this way).
 """
@@ -38,6 +39,7 @@ import sys
 import time
 
 import numpy as np
+import scipy.stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What the study trains: sizes for the 2-core CPU (one simulated device), h1-2 tasks. The SFT
@@ -299,15 +301,32 @@ def gains_table(workdir: str, seeds: list[int], evals_dir: str) -> str:
                                     "episodes.jsonl"))
     lines = ["| model | seed | domain | tasks | SFT | model | gain [95% over tasks] |",
              "|---|---|---|---|---|---|---|"]
+    models = [(f"teacher_grpo_{d}", (d,)) for d in DOMAINS] + [("opd_multi_teacher", DOMAINS)]
+    gains: dict[tuple[str, str], list[float]] = {}
     for seed in seeds:
-        for part, domains in [(f"teacher_grpo_{d}", (d,)) for d in DOMAINS] + [
-                ("opd_multi_teacher", DOMAINS)]:
+        for part, domains in models:
             model = task_success(os.path.join(workdir, f"seed-{seed}", evals_dir, part,
                                               "episodes.jsonl"))
             for domain in domains:
                 base, value, lo, hi, n = gain(sft, model, domain)
+                gains.setdefault((part, domain), []).append(value - base)
                 lines.append(f"| {part} | {seed} | {domain} | {n} | {base:.3f} | {value:.3f} | "
                              f"{value - base:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
+    if len(seeds) < 2:
+        return "\n".join(lines) + "\n"
+    # Over training seeds: how another seed's teacher or student would do, the question the
+    # intervals over tasks above leave open. Student's t on the seeds' gains (few seeds: wide).
+    lines += ["", f"Over training seeds {','.join(map(str, seeds))} (each seed's gain as above; "
+              "mean and 95% Student-t interval over the seeds):", "",
+              "| model | domain | gain per seed | mean gain [95% over seeds] |", "|---|---|---|---|"]
+    t = scipy.stats.t.ppf(0.975, len(seeds) - 1)
+    for part, domains in models:
+        for domain in domains:
+            values = np.array(gains[(part, domain)])
+            half = t * values.std(ddof=1) / np.sqrt(len(values))
+            lines.append(f"| {part} | {domain} | {', '.join(f'{v:+.3f}' for v in values)} | "
+                         f"{values.mean():+.3f} [{values.mean() - half:+.3f}, "
+                         f"{values.mean() + half:+.3f}] |")
     return "\n".join(lines) + "\n"
 
 
@@ -400,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="train and evaluate nothing: write WORKDIR/gains-EVALS.md, each teacher "
                    "and student against the SFT model per domain with a paired interval over "
                    "tasks, from the seeds' EVALS folders (eval, or the a1jax.eval outputs of "
-                   "more tasks: docs/recipe.md)")
+                   "more tasks: docs/recipe.md), and over two seeds or more their mean gain with "
+                   "a Student-t interval over the seeds")
     p.add_argument("--only", default="", metavar="PART[,PART]",
                    help="run only these parts of each seed (`a1jax.recipe --only`, evaluated "
                    "the same way) and write no table: a study done a part at a time")

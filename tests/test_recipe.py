@@ -366,3 +366,25 @@ def test_study_gains_pair_tasks_and_bound_the_difference(tmp_path):
     with pytest.raises(SystemExit, match=f"^{missing}/episodes.jsonl: no such evaluation "
                        rf"\(a1jax.eval --out {missing}\)$"):
         study.main(["--workdir", str(tmp_path), "--seeds", "0,1", "--gains", "eval-64"])
+
+    # A second training seed: teachers that gain nothing, the same student. Over the seeds, the
+    # mean gain and a t interval (t(0.975, 1) = 12.706): the teachers' gains +0.333 and 0 give
+    # +0.167 +- 12.706 * 0.236 / sqrt(2); the student's equal gains, a zero-width interval.
+    for d in study.DOMAINS:
+        write(f"teacher_grpo_{d}", {k: v for k, v in sft.items() if k[0] == d and k[1] < 3},
+              seed=1)
+    write("opd_multi_teacher", student, seed=1)
+    assert study.main(["--workdir", str(tmp_path), "--seeds", "0,1", "--gains", "eval-64"]) == 0
+    text = (tmp_path / "gains-eval-64.md").read_text().splitlines()
+    assert text[8:14] == [f"| teacher_grpo_{d} | 1 | {d} | 4 | 0.333 | 0.333 | +0.000 "
+                          "[+0.000, +0.000] |" for d in study.DOMAINS] + [
+        row.replace("| 0 |", "| 1 |", 1) for row in text[5:8]]
+    assert text[14:] == [
+        "", "Over training seeds 0,1 (each seed's gain as above; mean and 95% Student-t interval "
+        "over the seeds):", "", "| model | domain | gain per seed | mean gain [95% over seeds] |",
+        "|---|---|---|---|"] + [
+        f"| teacher_grpo_{d} | {d} | +0.333, +0.000 | +0.167 [-1.951, +2.284] |"
+        for d in study.DOMAINS] + [
+        f"| opd_multi_teacher | {d} | +0.000, +0.000 | +0.000 [+0.000, +0.000] |"
+        for d in ("kb_search", "calculator")] + [
+        "| opd_multi_teacher | files | +0.167, +0.167 | +0.167 [+0.167, +0.167] |"]
