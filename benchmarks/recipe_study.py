@@ -7,7 +7,8 @@ the GRPO teachers and the distilled student, every model evaluated on the same h
 
 Each seed is `python -m a1jax.recipe` in WORKDIR/seed-N with `teacher_grpo:seed=N` and
 `opd_multi_teacher:seed=N` (the seed of their rollouts); the SFT part is the same for every seed
-(run once in seed-0, linked into the others), so the spread over seeds is the spread of the RL
+(run once in the first seed's folder, linked into the others; `--sft-seed` names another
+seed's, so that a seed can be added later), so the spread over seeds is the spread of the RL
 parts' training. Evaluation: `a1jax.eval`'s default sampling (the paper's release settings),
 task seed offset 0, `--eval-runs` runs per task. Writes WORKDIR/study.md: per domain and horizon,
 the SFT model's avg@runs and, over the seeds, the mean and the range of each teacher's (on its
@@ -421,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
                    "tasks, from the seeds' EVALS folders (eval, or the a1jax.eval outputs of "
                    "more tasks: docs/recipe.md), and over two seeds or more their mean gain with "
                    "a Student-t interval over the seeds")
+    p.add_argument("--sft-seed", type=int, default=None, metavar="N",
+                   help="the seed whose folder holds the SFT model every other seed links "
+                   "(default: the first of --seeds); a seed added to a finished study: "
+                   "--seeds 3 --sft-seed 0")
     p.add_argument("--only", default="", metavar="PART[,PART]",
                    help="run only these parts of each seed (`a1jax.recipe --only`, evaluated "
                    "the same way) and write no table: a study done a part at a time")
@@ -433,11 +438,15 @@ def main(argv: list[str] | None = None) -> int:
             f.write(text)
         print(text)
         return 0
+    sft_seed = seeds[0] if args.sft_seed is None else args.sft_seed
+    shared = os.path.join(workdir, f"seed-{sft_seed}", "sft_full_domain")
+    if sft_seed not in seeds and not os.path.isdir(shared):
+        p.error(f"--sft-seed {sft_seed}: {shared} does not exist (train it first: --seeds "
+                f"{sft_seed})")
     for seed in seeds:
         out = os.path.join(workdir, f"seed-{seed}")
         os.makedirs(out, exist_ok=True)
-        shared = os.path.join(workdir, f"seed-{seeds[0]}", "sft_full_domain")
-        if seed != seeds[0] and not os.path.exists(os.path.join(out, "sft_full_domain")):
+        if seed != sft_seed and not os.path.exists(os.path.join(out, "sft_full_domain")):
             os.symlink(shared, os.path.join(out, "sft_full_domain"))
         cmd = recipe_command(out, seed, args)
         print(f"== seed {seed}: {' '.join(cmd[1:])}", flush=True)

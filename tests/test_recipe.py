@@ -145,9 +145,10 @@ def test_study_part_sets_win_over_its_own(tmp_path):
     assert cmd[-2:] == ["--eval-horizons", "1,2,3"]
 
 
-def test_study_only_runs_the_named_parts_of_every_seed(tmp_path, monkeypatch):
+def test_study_only_runs_the_named_parts_of_every_seed(tmp_path, monkeypatch, capsys):
     """benchmarks/recipe_study.py --only: each seed's a1jax.recipe with --only (seed 1 reads seed
-    0's SFT through a link), and no table, which needs every part."""
+    0's SFT through a link), and no table, which needs every part; --sft-seed links a seed added
+    later to a finished study's SFT model, and names a missing one."""
     study = benchmark_module("recipe_study")
     ran = []
     monkeypatch.setattr(study.subprocess, "run", lambda cmd, **kw: ran.append(cmd))
@@ -158,6 +159,21 @@ def test_study_only_runs_the_named_parts_of_every_seed(tmp_path, monkeypatch):
     assert os.readlink(tmp_path / "seed-1" / "sft_full_domain") == str(
         tmp_path / "seed-0" / "sft_full_domain")
     assert not (tmp_path / "study.md").exists()
+    # A seed added later links the SFT model of the seed --sft-seed names, once that exists.
+    later = ["--workdir", str(tmp_path), "--seeds", "3", "--sft-seed", "0", "--only",
+             "teacher_grpo_files"]
+    with pytest.raises(SystemExit) as e:
+        study.main(later)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"error: --sft-seed 0: {tmp_path}/seed-0/sft_full_domain does not exist (train it "
+        "first: --seeds 0)")
+    assert len(ran) == 2 and not (tmp_path / "seed-3").exists()
+    (tmp_path / "seed-0" / "sft_full_domain").mkdir(parents=True)
+    assert study.main(later) == 0
+    assert ran[-1][ran[-1].index("--workdir") + 1] == str(tmp_path / "seed-3")
+    assert os.readlink(tmp_path / "seed-3" / "sft_full_domain") == str(
+        tmp_path / "seed-0" / "sft_full_domain")
 
 
 def test_study_table_and_behaviour_show_the_cap_and_skipped_files(tmp_path):
