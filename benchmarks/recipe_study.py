@@ -443,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     if sft_seed not in seeds and not os.path.isdir(shared):
         p.error(f"--sft-seed {sft_seed}: {shared} does not exist (train it first: --seeds "
                 f"{sft_seed})")
-    for seed in seeds:
+    # The seed that trains the SFT model runs first: the others start from it.
+    for seed in sorted(seeds, key=lambda s: s != sft_seed):
         out = os.path.join(workdir, f"seed-{seed}")
         os.makedirs(out, exist_ok=True)
         if seed != sft_seed and not os.path.exists(os.path.join(out, "sft_full_domain")):

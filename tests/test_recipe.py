@@ -174,6 +174,13 @@ def test_study_only_runs_the_named_parts_of_every_seed(tmp_path, monkeypatch, ca
     assert ran[-1][ran[-1].index("--workdir") + 1] == str(tmp_path / "seed-3")
     assert os.readlink(tmp_path / "seed-3" / "sft_full_domain") == str(
         tmp_path / "seed-0" / "sft_full_domain")
+    # Named among later seeds, the SFT seed still runs first.
+    study.main(["--workdir", str(tmp_path / "b"), "--seeds", "4,5", "--sft-seed", "5",
+                "--only", "teacher_grpo_files"])
+    assert [c[c.index("--workdir") + 1] for c in ran[-2:]] == [
+        str(tmp_path / "b" / f"seed-{s}") for s in (5, 4)]
+    assert os.readlink(tmp_path / "b" / "seed-4" / "sft_full_domain") == str(
+        tmp_path / "b" / "seed-5" / "sft_full_domain")
 
 
 def test_study_table_and_behaviour_show_the_cap_and_skipped_files(tmp_path):
