@@ -23,8 +23,9 @@ SFT part), then runs the rest.
 `--rollout-eval` evaluates every model again on the same tasks at the sampling the teachers'
 rollouts use (by default temperature 1, nothing cut) and adds that table.
 `--gains EVALS` writes each model's gain over the SFT model per domain, with an interval over
-tasks, from finished evaluations (seed-N/EVALS/PART/episodes.jsonl), and with two seeds or more
-the mean gain with an interval over the training seeds.
+tasks, from finished evaluations (seed-N/EVALS/PART/episodes.jsonl; a part evaluated on none of
+the seeds, as in a study of one teacher, is left out), and with two seeds or more the mean gain
+with an interval over the training seeds.
 `--part-set` overrides a part's setting after the study's own (docs/recipe.md's runs/recipe6
 starts the SFT from runs/recipe5's and extends it to horizon 3 this way).
 """
@@ -298,16 +299,25 @@ def gain(base: dict, model: dict, domain: str, resamples: int = 2000,
 def gains_table(workdir: str, seeds: list[int], evals_dir: str) -> str:
     """Each teacher on its domain and each student on every domain against the SFT model, from
     the seeds' `evals_dir`: the domain's success over horizons and its paired interval."""
-    sft = task_success(os.path.join(workdir, f"seed-{seeds[0]}", evals_dir, "sft_full_domain",
-                                    "episodes.jsonl"))
+    def episodes(seed: int, part: str) -> str:
+        return os.path.join(workdir, f"seed-{seed}", evals_dir, part, "episodes.jsonl")
+
+    sft = task_success(episodes(seeds[0], "sft_full_domain"))
     lines = ["| model | seed | domain | tasks | SFT | model | gain [95% over tasks] |",
              "|---|---|---|---|---|---|---|"]
-    models = [(f"teacher_grpo_{d}", (d,)) for d in DOMAINS] + [("opd_multi_teacher", DOMAINS)]
+    # A study of some parts (`--only teacher_grpo_files`) has no evaluation of the others on any
+    # seed: they are left out. A part evaluated on some seeds and not others stops the table
+    # (task_success's error), rather than averaging over fewer seeds than asked for.
+    models = [(part, domains) for part, domains in
+              [(f"teacher_grpo_{d}", (d,)) for d in DOMAINS] + [("opd_multi_teacher", DOMAINS)]
+              if any(os.path.exists(episodes(seed, part)) for seed in seeds)]
+    if not models:
+        raise SystemExit(f"{workdir}: no teacher or student evaluated in "
+                         f"seed-{{{','.join(map(str, seeds))}}}/{evals_dir}")
     gains: dict[tuple[str, str], list[float]] = {}
     for seed in seeds:
         for part, domains in models:
-            model = task_success(os.path.join(workdir, f"seed-{seed}", evals_dir, part,
-                                              "episodes.jsonl"))
+            model = task_success(episodes(seed, part))
             for domain in domains:
                 base, value, lo, hi, n = gain(sft, model, domain)
                 gains.setdefault((part, domain), []).append(value - base)

@@ -352,8 +352,8 @@ def test_study_gains_pair_tasks_and_bound_the_difference(tmp_path):
     of that width 0; one on a single task of four spans zero."""
     study = benchmark_module("recipe_study")
 
-    def write(part, rewards, seed=0):  # {(domain, horizon, index): [reward per run]}
-        path = tmp_path / f"seed-{seed}" / "eval-64" / part
+    def write(part, rewards, seed=0, root=tmp_path):  # {(domain, horizon, index): [rewards]}
+        path = root / f"seed-{seed}" / "eval-64" / part
         os.makedirs(path)
         with open(path / "episodes.jsonl", "w") as f:
             for (domain, horizon, index), runs in rewards.items():
@@ -411,3 +411,19 @@ def test_study_gains_pair_tasks_and_bound_the_difference(tmp_path):
         f"| opd_multi_teacher | {d} | +0.000, +0.000 | +0.000 [+0.000, +0.000] |"
         for d in ("kb_search", "calculator")] + [
         "| opd_multi_teacher | files | +0.167, +0.167 | +0.167 [+0.167, +0.167] |"]
+
+    # A study of one teacher (`--only teacher_grpo_files`): the parts evaluated on no seed are
+    # left out; with none evaluated, an error names where it looked.
+    one = tmp_path / "files-only"
+    write("sft_full_domain", sft, root=one)
+    with pytest.raises(SystemExit, match=rf"^{one}: no teacher or student evaluated in "
+                       r"seed-\{0,1\}/eval-64$"):
+        study.main(["--workdir", str(one), "--seeds", "0,1", "--gains", "eval-64"])
+    for seed in (0, 1):
+        write("teacher_grpo_files", {k: v for k, v in student.items() if k[0] == "files"},
+              seed=seed, root=one)
+    assert study.main(["--workdir", str(one), "--seeds", "0,1", "--gains", "eval-64"]) == 0
+    assert (one / "gains-eval-64.md").read_text().splitlines() == [
+        text[0], text[1], text[7].replace("opd_multi_teacher", "teacher_grpo_files"),
+        text[13].replace("opd_multi_teacher", "teacher_grpo_files"), *text[14:19],
+        text[-1].replace("opd_multi_teacher", "teacher_grpo_files")]
