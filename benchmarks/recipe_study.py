@@ -128,11 +128,13 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     into a fresh world: results written before it checked the moves, or the reads, counted the
     report alone, or the report and the moves), and that share again over the tasks with two or
     more even files, whose report holds a sum the model must add up (synth's files tools have no
-    arithmetic: runs/recipe11's SFT model and files teacher solved none of 27 such tasks)."""
+    arithmetic: runs/recipe11's SFT model and files teacher solved none of 27 such tasks), and of
+    those tasks' episodes that call the calculator, the share whose last call adds exactly the
+    even values and the share whose report's sum copies its result."""
     from a1jax.agent.environment import make_environment, make_task
 
     named, right_op, read, checked, every, summed = [], [], [], [], [], []
-    miscopied, repeated, applied, overshot = [], [], [], []
+    miscopied, repeated, applied, overshot, given, copied = [], [], [], [], [], []
     with open(episodes_path) as f:
         for line in f:
             e = json.loads(line)
@@ -171,8 +173,19 @@ def behaviour(episodes_path: str) -> dict[str, float]:
                 env.step([{"name": c["name"], "arguments": c["arguments"]} for c in calls])
                 checked.append(meta["episode"]["status"] == "finished"
                                and env.verify(last.get("content") or ""))
-                if sum(v % 2 == 0 for v in e["verifier"]["inbox"].values()) >= 2:
+                evens = sorted(v for v in e["verifier"]["inbox"].values() if v % 2 == 0)
+                if len(evens) >= 2:
                     summed.append(checked[-1])
+                    # Where a sum fails (runs/recipe14 rebuilt): the values sent to the
+                    # calculator, or the copy of its result into the report.
+                    added = [(call["arguments"], result.strip()) for _, call, result
+                             in _calls(e["messages"]) if call and call["name"] == "calculator"]
+                    if added:
+                        sent, returned = added[-1]
+                        sent = str(sent.get("expression", "")) if isinstance(sent, dict) else ""
+                        given.append(sorted(map(int, re.findall(r"\d+", sent))) == evens)
+                        report = re.search(r"sum=(\d+)", last.get("content") or "")
+                        copied.append(bool(report) and report.group(1) == returned)
             if e["domain"] == "calculator":
                 done = []  # (operator, number) of each calculator call that returned a value
                 for _, call, result in _calls(e["messages"]):
@@ -202,6 +215,10 @@ def behaviour(episodes_path: str) -> dict[str, float]:
         out["files: solved, reads and moves checked"] = float(np.mean(checked))
     if summed:
         out["files: solved, of tasks with 2+ even files (a sum)"] = float(np.mean(summed))
+    if given:
+        out["files: a sum's last calculator call adds exactly the even values"] = float(
+            np.mean(given))
+        out["files: a sum's report copies that call's result"] = float(np.mean(copied))
     if right_op:
         out["calculator: first call's operator right"] = float(np.mean(right_op))
     if applied:

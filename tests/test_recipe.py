@@ -225,6 +225,9 @@ def test_study_table_and_behaviour_show_the_cap_and_skipped_files(tmp_path):
               for i in (1, 4)]
     assert [sum(v % 2 == 0 for v in t["verifier"]["inbox"].values()) for t in summed] == [2, 2]
     summed[1]["messages"][-1]["content"] += "1"  # sum=N -> sum=N1
+    call = next(c["function"] for m in summed[1]["messages"] for c in m.get("tool_calls") or []
+                if c["function"]["name"] == "calculator")
+    call["arguments"]["expression"] = call["arguments"]["expression"].replace(" + ", " + 1", 1)
     with open(tmp_path / "episodes.jsonl", "w") as f:
         for messages, t, i in [(traj["messages"], traj, 0), (skipped, traj, 0),
                                (summed[0]["messages"], summed[0], 1),
@@ -238,6 +241,9 @@ def test_study_table_and_behaviour_show_the_cap_and_skipped_files(tmp_path):
     assert got["files: read every listed file"] == 0.75
     assert got["files: solved, reads and moves checked"] == 0.5
     assert got["files: solved, of tasks with 2+ even files (a sum)"] == 0.5
+    # Both sums call the calculator; the second sends a miscopied value and miscopies the result.
+    assert got["files: a sum's last calculator call adds exactly the even values"] == 0.5
+    assert got["files: a sum's report copies that call's result"] == 0.5
 
 
 def test_study_behaviour_counts_miscopied_and_repeated_searches(tmp_path):
