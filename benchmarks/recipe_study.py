@@ -215,10 +215,12 @@ def behaviour(episodes_path: str) -> dict[str, float]:
         out["files: solved, reads and moves checked"] = float(np.mean(checked))
     if summed:
         out["files: solved, of tasks with 2+ even files (a sum)"] = float(np.mean(summed))
-    if given:
+    if summed:  # nan where no sum's episode called the calculator (the rows stay: the table
+        # reads every model's by the SFT model's names)
         out["files: a sum's last calculator call adds exactly the even values"] = float(
-            np.mean(given))
-        out["files: a sum's report copies that call's result"] = float(np.mean(copied))
+            np.mean(given)) if given else float("nan")
+        out["files: a sum's report copies that call's result"] = float(
+            np.mean(copied)) if copied else float("nan")
     if right_op:
         out["calculator: first call's operator right"] = float(np.mean(right_op))
     if applied:

@@ -2,6 +2,7 @@
 evaluated, and skipped when finished; configs checked before anything compiles."""
 
 import json
+import math
 import os
 import sys
 
@@ -244,6 +245,17 @@ def test_study_table_and_behaviour_show_the_cap_and_skipped_files(tmp_path):
     # Both sums call the calculator; the second sends a miscopied value and miscopies the result.
     assert got["files: a sum's last calculator call adds exactly the even values"] == 0.5
     assert got["files: a sum's report copies that call's result"] == 0.5
+    # A model that never calls the calculator on a sum still has the rows (nan), so the
+    # behaviour table, which reads every model by the SFT model's row names, does not fail.
+    plain = [m for m in summed[0]["messages"] if m["role"] != "tool" and not any(
+        c["function"]["name"] == "calculator" for c in m.get("tool_calls") or [])]
+    with open(tmp_path / "no-calculator.jsonl", "w") as f:
+        f.write(json.dumps({"domain": "files", "messages": plain, "verifier":
+                            summed[0]["verifier"], "metadata": {**meta, "index": 1}}) + "\n")
+    got = study.behaviour(str(tmp_path / "no-calculator.jsonl"))
+    assert got["files: solved, of tasks with 2+ even files (a sum)"] == 1.0  # the sum right
+    assert math.isnan(got["files: a sum's last calculator call adds exactly the even values"])
+    assert math.isnan(got["files: a sum's report copies that call's result"])
 
 
 def test_study_behaviour_counts_miscopied_and_repeated_searches(tmp_path):
