@@ -208,7 +208,7 @@ class Files(Environment):
             raise ToolError(f"error: list_dir: page must be >= 0, got {page}")
         names = [f"{key}/{name}" for name in sorted(files)]  # full paths, as synth lists them
         return json.dumps({"entries": names[page * PAGE:(page + 1) * PAGE],
-                           "more": (page + 1) * PAGE < len(names)})
+                           "more": (page + 1) * PAGE < len(names), "total": len(names)})
 
     def tool_read_file(self, path: str) -> str:
         folder, name = self._file(path)

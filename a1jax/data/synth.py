@@ -238,18 +238,23 @@ def files(rng: random.Random, horizon: int) -> tuple[list, dict, list]:
         # the path the model must write, and the model copies the path from its own reasoning.
         entries = [f"/inbox/{f}" for f in listed[page * 20:(page + 1) * 20]]
         b.step(f"Listing page {page} of /inbox.", "list_dir", {"path": "/inbox", "page": page},
-               json.dumps({"entries": entries, "more": (page + 1) * 20 < len(listed)}))
+               json.dumps({"entries": entries, "more": (page + 1) * 20 < len(listed),
+                           "total": len(listed)}))
     moved, total = 0, 0
-    for fname in listed:
+    for k, fname in enumerate(listed, 1):
         path = f"/inbox/{fname}"
+        # The count, copied from the listing's total and carried from read to read: without it a
+        # model answers when it has read as many files as it usually did in training (after two
+        # at horizon 3, the failure of most of runs/recipe14's horizon-3 files episodes).
+        count = f"(file {k} of {len(listed)})"
         if rng.random() < 0.08:
             wrong = path.replace("_", "-")
-            b.step(f"Reading {path}.", "read_file", {"path": wrong},
+            b.step(f"Reading {path} {count}.", "read_file", {"path": wrong},
                    f"error: {wrong}: no such file")
             b.step("Wrong path: the separator is an underscore. Reading again.", "read_file",
                    {"path": path}, f"value: {inbox[fname]}")
         else:
-            b.step(f"Reading {path} to check whether its value is even.", "read_file",
+            b.step(f"Reading {path} {count} to check whether its value is even.", "read_file",
                    {"path": path}, f"value: {inbox[fname]}")
         if inbox[fname] % 2:
             continue

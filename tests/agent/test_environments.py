@@ -153,10 +153,11 @@ def test_files_state_moves_and_pages():
     paths = [f"/inbox/{name}" for name in inbox]  # list_dir gives full paths
     first, second = (json.loads(call(env, "list_dir", path="/inbox", page=p).content)
                      for p in (0, 1))
-    assert first == {"entries": paths[:PAGE], "more": True}
-    assert second == {"entries": paths[PAGE:], "more": False} and len(paths[PAGE:]) == 5
+    assert first == {"entries": paths[:PAGE], "more": True, "total": 25}
+    assert second == {"entries": paths[PAGE:], "more": False, "total": 25}
+    assert len(paths[PAGE:]) == 5
     assert json.loads(call(env, "list_dir", path="/inbox", page=2).content) == {
-        "entries": [], "more": False}
+        "entries": [], "more": False, "total": 25}
     src, name = f"/inbox/{inbox[0]}", inbox[0]
     assert call(env, "move", src=src, dst_dir="/archive").content == (
         f"moved {src} -> /archive/{name}")
@@ -166,7 +167,7 @@ def test_files_state_moves_and_pages():
     assert call(env, "read_file", path=f"/archive/{name}").content == (
         f"value: {task.verifier['inbox'][name]}")
     assert json.loads(call(env, "list_dir", path="/archive", page=0).content) == {
-        "entries": [f"/archive/{name}"], "more": False}
+        "entries": [f"/archive/{name}"], "more": False, "total": 1}
     assert json.loads(call(env, "list_dir", path="/inbox/", page=0).content)["entries"] == (
         paths[1:PAGE + 1])
     assert call(env, "move", src=f"/inbox/{inbox[1]}", dst_dir="/trash") == ToolResult(
@@ -237,7 +238,7 @@ def test_argument_types_follow_the_schema():
             error=True)
     results = env.step([{"name": "list_dir", "arguments": '{"path": "/archive", "page": 0}'},
                         {"name": "move", "arguments": {"src": "/inbox/x"}}])
-    assert results == [ToolResult("list_dir", '{"entries": [], "more": false}'),
+    assert results == [ToolResult("list_dir", '{"entries": [], "more": false, "total": 0}'),
                        ToolResult("move", "error: move: missing argument 'dst_dir'", True)]
 
 

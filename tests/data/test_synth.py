@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -85,6 +86,23 @@ def test_files_references_add_two_or_more_values_with_the_calculator():
         assert synth.final_answer(t) == f"moved={len(even)} sum={sum(even)}"
         seen.add(len(even))
     assert seen == {2, 3}
+
+
+def test_files_references_count_the_files_as_they_read_them():
+    """Each read says which file of how many it is, the count copied from the listing's total
+    (runs/recipe14's model, without it, answered after two reads at horizon 3)."""
+    t = synth.make_trajectory("files", 25, seed=0, index=0)
+    listings = [json.loads(m["content"]) for m in t["messages"] if m.get("name") == "list_dir"]
+    assert [(len(page["entries"]), page["total"]) for page in listings] == [(20, 25), (5, 25)]
+    reads = [m["reasoning_content"] for m in t["messages"]
+             for c in m.get("tool_calls") or [] if c["function"]["name"] == "read_file"]
+    retries = [r for r in reads if r.startswith("Wrong path")]  # no new file: no new count
+    assert retries and all(r.endswith("Reading again.") for r in retries)
+    counted = [re.fullmatch(r"Reading (\S+) \(file (\d+) of 25\)( to check whether its value "
+                            r"is even)?\.", r) for r in reads if r not in retries]
+    assert all(counted)
+    assert [int(m[2]) for m in counted] == list(range(1, 26))
+    assert [m[1] for m in counted] == [e for page in listings for e in page["entries"]]
 
 
 def test_bad_arguments():
