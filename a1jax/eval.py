@@ -235,8 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from a1jax.infer.engine import Engine
         from a1jax.infer.load import load_model, tokenizer_dir
 
+        tokenizer = load_tokenizer(args.tokenizer or tokenizer_dir(args.model))  # checked first
         config, params = load_model(args.model, args.dtype)
-        tokenizer = load_tokenizer(args.tokenizer or tokenizer_dir(args.model))
         if len(tokenizer) > config.vocab_size:
             raise A1Error(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary "
                           f"{config.vocab_size}: pass the model's own tokenizer (--tokenizer)")

@@ -128,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from a1jax.infer.load import load_model, tokenizer_dir
 
     start = time.perf_counter()
+    tok_path = args.tokenizer or tokenizer_dir(args.model)  # checked before loading
     config, params = load_model(args.model, args.dtype)
-    tok_path = args.tokenizer or tokenizer_dir(args.model)
     tokenizer = load_tokenizer(tok_path) if (tok_path or args.messages) else None
     if tokenizer is not None and len(tokenizer) > config.vocab_size:
         raise A1Error(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary "

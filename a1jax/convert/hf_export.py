@@ -35,7 +35,7 @@ from a1jax.convert.hf_import import shape_differences
 from a1jax.convert.hf_load import SafetensorsDir, match_tensors, read_config
 from a1jax.convert.mapping import entries, full_name
 from a1jax.data.chat_template import template_for
-from a1jax.data.tokenizer import SHIPPED_TOKENIZER_DIR, load_tokenizer
+from a1jax.data.tokenizer import SHIPPED_TOKENIZER_DIR, check_tokenizer, load_tokenizer
 from a1jax.errors import A1Error
 from a1jax.model.config import ConfigError, ModelConfig
 from a1jax.model.transformer import layer_leaf
@@ -86,6 +86,9 @@ def export(checkpoint: str, out: str, *, dtype: str = "bfloat16", source: str | 
     except (ConfigError, TypeError) as e:
         raise ExportError(f"{step}: meta's model_config: {e}") from None
     _check_params(step, config)
+    if not tokenizer:  # one given is the user's choice, as in a1jax.eval
+        check_tokenizer(meta["tokenizer_sha256"], meta["tokenizer"], f"checkpoint {step}",
+                        "pass the one it was trained with (--tokenizer)")
 
     prefix, carried, src_store, hf_config = "model.", [], None, _text_config(config, dtype)
     if source is not None:

@@ -25,6 +25,7 @@ import numpy as np
 from a1jax.convert import orbax_io
 from a1jax.convert.hf_load import LoadError, LoadReport, SafetensorsDir, match_tensors, read_config
 from a1jax.convert.mapping import read_block
+from a1jax.data.tokenizer import tokenizer_digest
 from a1jax.errors import A1Error
 from a1jax.model.config import ModelConfig
 from a1jax.model.presets import get_preset
@@ -113,6 +114,7 @@ def import_hf(hf_dir: str, out: str, *, model: str | None = None, layout: str | 
     tokenizer = hf_dir if os.path.isfile(os.path.join(hf_dir, "tokenizer.json")) else None
     meta = {"model_config": config.to_json_dict(),
             "tokenizer": os.path.abspath(tokenizer) if tokenizer else None,
+            "tokenizer_sha256": tokenizer_digest(tokenizer) if tokenizer else None,
             "hf_source": {"path": os.path.abspath(hf_dir), "not_imported": report.not_imported}}
     try:  # each parameter is made (read) when it is written, then dropped
         step_dir = orbax_io.write_params_checkpoint(out, 0, params, meta)

@@ -6,7 +6,8 @@ A checkpoint root is an `orbax.checkpoint.CheckpointManager` directory (a run's 
     params     StandardSave of the unboxed Flax parameter dict (float32 leaves)
     opt_state  StandardSave of the optax state (absent in imported checkpoints)
     data       JsonSave of the data iterator state (absent in imported checkpoints)
-    meta       JsonSave of {"model_config", "tokenizer", "stage", "experiment", "hf_source"}
+    meta       JsonSave of {"model_config", "tokenizer", "tokenizer_sha256", "stage",
+               "experiment", "hf_source"}
 
 Export and import read and write this format without holding the whole model: import saves a
 tree of `LazyArray`s, each made, written and dropped in turn (`write_params_checkpoint`: the
@@ -31,7 +32,8 @@ from etils import epath
 from a1jax.errors import A1Error
 
 PARAMS, META = "params", "meta"
-META_KEYS = ("model_config", "tokenizer", "stage", "experiment", "hf_source")
+META_KEYS = ("model_config", "tokenizer", "tokenizer_sha256", "stage", "experiment",
+             "hf_source")
 
 ParamPath = tuple[str, ...]
 

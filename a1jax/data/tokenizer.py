@@ -12,6 +12,7 @@ it after the prompt.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from a1jax.data import chat_template
 from a1jax.data.masks import MaskOptions, Rendered, render_with_spans
+from a1jax.errors import A1Error
 
 # The Qwen3.5 special tokens the chat format uses (their ids in the real vocabulary are listed in
 # shared/design/data.md).
@@ -39,6 +41,30 @@ def load_tokenizer(path: str | Path | None = None) -> PreTrainedTokenizerBase:
     if not tok.is_fast:
         raise ValueError(f"{path}: a1jax needs a fast (tokenizer.json) tokenizer")
     return tok
+
+
+class TokenizerMismatch(A1Error):
+    """A model read with other token ids than it was trained with."""
+
+
+def tokenizer_digest(path: str | Path | None = None) -> str | None:
+    """sha256 of tokenizer directory `path`'s tokenizer.json (default: the shipped one), None
+    without one. Checkpoints record it: the shipped tokenizer is retrained whenever synth's text
+    gains words, and a model read with the new one would decode nonsense without any error."""
+    file = (Path(path) if path else SHIPPED_TOKENIZER_DIR) / "tokenizer.json"
+    return hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else None
+
+
+def check_tokenizer(recorded: str | None, path: str | Path | None, what: str, fix: str) -> None:
+    """Raises TokenizerMismatch if `recorded` (a checkpoint's `tokenizer_sha256`) is not the
+    digest of tokenizer `path` (None: the shipped one). Checkpoints written before the digest
+    was recorded (None) cannot be checked."""
+    now = tokenizer_digest(path)
+    if recorded and now and recorded != now:
+        raise TokenizerMismatch(
+            f"{what} was trained with another tokenizer than {path or 'the one a1jax ships'} "
+            f"(tokenizer.json sha256 {recorded[:12]} there, {now[:12]} here; a1jax's own is "
+            f"retrained when its synthetic data changes): {fix}")
 
 
 @dataclasses.dataclass(frozen=True)

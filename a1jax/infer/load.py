@@ -42,10 +42,16 @@ def load_model(path: str, dtype: str = "float32") -> tuple[ModelConfig, dict]:
 
 def tokenizer_dir(model_path: str) -> str | None:
     """The tokenizer that travels with a model: a Hugging Face directory's own, or the one an
-    a1jax checkpoint's run trained with (its meta records it); None: a1jax's own."""
+    a1jax checkpoint's run trained with (its meta records it); None: a1jax's own. Raises
+    TokenizerMismatch where the checkpoint records another tokenizer.json than that one."""
     if is_hf_dir(model_path):
         return model_path if os.path.isfile(os.path.join(model_path, "tokenizer.json")) else None
     from a1jax.convert import orbax_io
+    from a1jax.data.tokenizer import check_tokenizer
 
-    recorded = orbax_io.read_meta(orbax_io.resolve_step_dir(model_path)).get("tokenizer")
-    return recorded if recorded and os.path.isdir(recorded) else None
+    meta = orbax_io.read_meta(orbax_io.resolve_step_dir(model_path))
+    recorded = meta["tokenizer"]
+    path = recorded if recorded and os.path.isdir(recorded) else None
+    check_tokenizer(meta["tokenizer_sha256"], path, model_path,
+                    "pass the one it was trained with (--tokenizer)")
+    return path

@@ -372,7 +372,8 @@ def check(c: ml_collections.ConfigDict, workdir: str, num_devices: int | None = 
     plan = runner.check(c, workdir, num_devices)
     settings = experiment.rl_settings(c)
     settings["teacher_sources"] = {
-        domain: runner.weights_source(path, plan.model_config, f"teacher of {domain}")
+        domain: runner.weights_source(path, plan.model_config, f"teacher of {domain}",
+                                      plan.tokenizer_dir)
         for domain, path in settings["teachers"].items()}
     if jax.process_count() > 1:
         raise runner.RunError("the RL learners run in one process (rollouts are not split "

@@ -6,8 +6,8 @@ directory holds four items:
     params     the model parameters (StandardSave; sharded arrays are written by their owners)
     opt_state  the optax state (absent in checkpoints imported from Hugging Face)
     data       the data iterator's state, JSON (absent in imported checkpoints)
-    meta       JSON: {"model_config", "tokenizer", "stage", "experiment", "identity",
-               "fingerprint", "skipped", "seconds", "hf_source"}
+    meta       JSON: {"model_config", "tokenizer", "tokenizer_sha256", "stage", "experiment",
+               "identity", "fingerprint", "skipped", "seconds", "hf_source"}
 
 Orbax writes each step into a temporary directory and renames it when complete, so a step that
 was being written when the process died is never listed, and resuming always takes the latest

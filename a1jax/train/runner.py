@@ -29,7 +29,8 @@ import numpy as np
 
 from a1jax import cli, experiment
 from a1jax.convert import hf_load
-from a1jax.data.tokenizer import TrajectoryEncoder, load_tokenizer
+from a1jax.data.tokenizer import (TrajectoryEncoder, check_tokenizer, load_tokenizer,
+                                  tokenizer_digest)
 from a1jax.errors import A1Error
 from a1jax.model import ModelConfig
 from a1jax.model.transformer import convert_layers
@@ -97,7 +98,8 @@ def check(c: ml_collections.ConfigDict, workdir: str, num_devices: int | None = 
                        "--config.init_from to its workdir or checkpoint (a1jax.curriculum "
                        "sets it)")
     if c.init_from and check_init:
-        init_kind, init_path, init_step = weights_source(c.init_from, model_config, "init_from")
+        init_kind, init_path, init_step = weights_source(c.init_from, model_config, "init_from",
+                                                         tokenizer_dir)
 
     root = os.path.join(workdir, "checkpoints")
     if os.path.isdir(root):
@@ -110,15 +112,18 @@ def check(c: ml_collections.ConfigDict, workdir: str, num_devices: int | None = 
                     f"workdir {workdir} holds checkpoints of another experiment "
                     f"({meta.get('stage')}); differs in {'; '.join(diff[:3]) or 'its identity'}."
                     " Use another --workdir, or delete that one to start over")
+            check_tokenizer(meta.get("tokenizer_sha256"), tokenizer_dir,
+                            f"the run in workdir {workdir}", "set data.tokenizer to the one it "
+                            "was trained with, or use another --workdir")
     return Plan(c, workdir, model_config, spec, experiment.num_steps(c), tokenizer_dir,
                 init_kind, init_path, init_step)
 
 
-def weights_source(path: str, model_config: ModelConfig, what: str
-                   ) -> tuple[str, str, int | None]:
-    """Where a model's weights come from, checked against `model_config`'s parameters:
-    ("hf", directory, None) or ("checkpoint", checkpoint root, step). `what` names the setting
-    in errors."""
+def weights_source(path: str, model_config: ModelConfig, what: str,
+                   tokenizer_dir: str | None) -> tuple[str, str, int | None]:
+    """Where a model's weights come from, checked against `model_config`'s parameters and (a
+    checkpoint's) the tokenizer it will be read with: ("hf", directory, None) or ("checkpoint",
+    checkpoint root, step). `what` names the setting in errors."""
     given, path = path, os.path.abspath(path)
     if not os.path.exists(path):
         raise RunError(f"{what} {given}: no such file or directory")
@@ -135,6 +140,8 @@ def weights_source(path: str, model_config: ModelConfig, what: str
         meta = reader.meta(step)
         step = step if step is not None else reader.latest_step()
         theirs = ModelConfig.from_json_dict(meta["model_config"])
+        check_tokenizer(meta.get("tokenizer_sha256"), tokenizer_dir, f"{what} {given}",
+                        "set data.tokenizer to the one it was trained with")
     diff = _differences(experiment.parameter_fields(model_config),
                         experiment.parameter_fields(theirs))
     if diff:
@@ -232,6 +239,7 @@ def open_checkpoints(c: ml_collections.ConfigDict, plan: Plan
         os.path.join(plan.workdir, "checkpoints"), every=c.checkpoint.every,
         keep=c.checkpoint.keep, final_step=plan.steps, async_save=c.checkpoint.async_save)
     meta = {"model_config": plan.model_config.to_json_dict(), "tokenizer": plan.tokenizer_dir,
+            "tokenizer_sha256": tokenizer_digest(plan.tokenizer_dir),
             "stage": c.stage, "experiment": experiment.as_json(c),
             "identity": experiment.identity(c), "fingerprint": experiment.fingerprint(c),
             "hf_source": None, "skipped": 0, "seconds": 0.0}

@@ -1,6 +1,8 @@
 r"""The runner: resume after kill -9 and SIGTERM, restore onto another layout, non-finite steps,
 and the errors it gives before compiling anything."""
 
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -14,6 +16,8 @@ import safetensors.numpy
 from a1jax import experiment
 from a1jax.convert import hf_export
 from a1jax.convert.mapping import to_hf_tensors
+from a1jax.data import tokenizer as tok_lib
+from a1jax.infer.load import tokenizer_dir
 from a1jax.model.transformer import unstack_layers
 from a1jax.train import runner
 from a1jax.train.checkpoint import Checkpointer
@@ -204,6 +208,42 @@ def test_errors_before_compiling(reference, tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: unknown config key '--config.optim.lr': the experiment file's config "
         "(a1jax.experiment.base) has no such key")
+
+
+def test_a_checkpoint_is_read_with_the_tokenizer_it_learned(reference, tmp_path, monkeypatch):
+    """Checkpoints record their tokenizer.json's sha256; reading one with another tokenizer
+    (data.tokenizer set to another, or a1jax's own retrained since) stops before anything runs."""
+    digest = lambda d: hashlib.sha256((d / "tokenizer.json").read_bytes()).hexdigest()
+    shipped, other = tok_lib.SHIPPED_TOKENIZER_DIR, tmp_path / "retrained"
+    meta = Checkpointer(os.path.join(reference, "checkpoints"), read_only=True).meta()
+    assert meta["tokenizer_sha256"] == digest(shipped) and tokenizer_dir(reference) is None
+    shutil.copytree(shipped, other)  # the same tokens in other bytes: another digest
+    (other / "tokenizer.json").write_text(json.dumps(json.loads(
+        (shipped / "tokenizer.json").read_text())))
+    mismatch = (f" was trained with another tokenizer than {{}} (tokenizer.json sha256 "
+                f"{digest(shipped)[:12]} there, {digest(other)[:12]} here; a1jax's own is "
+                "retrained when its synthetic data changes): ")
+    with pytest.raises(tok_lib.TokenizerMismatch) as e:
+        runner.check(stage1("init_from=" + reference, f"data.tokenizer={other}"),
+                     str(tmp_path / "run"))
+    assert str(e.value) == (f"init_from {reference}" + mismatch.format(other)
+                            + "set data.tokenizer to the one it was trained with")
+
+    monkeypatch.setattr(tok_lib, "SHIPPED_TOKENIZER_DIR", other)  # retrained after the run
+    ships = mismatch.format("the one a1jax ships")
+    with pytest.raises(tok_lib.TokenizerMismatch) as e:
+        tokenizer_dir(reference)  # a1jax.eval's and a1jax.generate's
+    assert str(e.value) == reference + ships + "pass the one it was trained with (--tokenizer)"
+    with pytest.raises(tok_lib.TokenizerMismatch) as e:
+        hf_export.export(reference, str(tmp_path / "hf"))
+    assert str(e.value) == (f"checkpoint {os.path.join(reference, 'checkpoints', '6')}" + ships
+                            + "pass the one it was trained with (--tokenizer)")
+    assert not (tmp_path / "hf").exists()
+    with pytest.raises(tok_lib.TokenizerMismatch) as e:  # resuming the run
+        runner.check(stage1("agent_eval.every=3", "agent_eval.n=1", "agent_eval.horizons=1",
+                            "agent_eval.max_turn_tokens=48"), reference)
+    assert str(e.value) == (f"the run in workdir {reference}" + ships + "set data.tokenizer to "
+                            "the one it was trained with, or use another --workdir")
 
 
 def test_score_reads_a_run_checkpoint(reference, tmp_path):
