@@ -15,7 +15,7 @@ QWEN35_35B_A3B = "checkpoints/Qwen3.5-35B-A3B"
 
 MODELS = {
     "tiny": dict(
-        # 4,096 rows: room for the shipped demo tokenizer (1,485 tokens; the preset's 512 is
+        # 4,096 rows: room for the shipped demo tokenizer (1,490 tokens; the preset's 512 is
         # for unit tests) and for a retrained one up to that size.
         vocab_size=4096, dtype="float32", moe_dispatch="expert_parallel", remat="none",
         scan_layers=False, layout="", axes="data=2,expert=2,sequence=2", init_from="",

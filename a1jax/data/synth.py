@@ -232,30 +232,43 @@ def files(rng: random.Random, horizon: int) -> tuple[list, dict, list]:
             "the sum of their values, as 'moved=K sum=S'; the calculator can add them.")
     b = _Builder(rng, tools, task)
     listed = sorted(inbox)
-    for page in range((len(listed) + 19) // 20):
+    here = list(listed)  # what /inbox holds now (even files leave it)
+
+    def listing(page: int) -> str:
         # Full paths, here and in the reasoning, for the reason names have titles (`_name`): a
         # bare name after '["' or a space is other tokens than the same name after '/inbox' in
         # the path the model must write, and the model copies the path from its own reasoning.
-        entries = [f"/inbox/{f}" for f in listed[page * 20:(page + 1) * 20]]
+        return json.dumps({"entries": [f"/inbox/{f}" for f in here[page * 20:(page + 1) * 20]],
+                           "more": (page + 1) * 20 < len(here), "total": len(here)})
+
+    for page in range((len(listed) + 19) // 20):
         b.step(f"Listing page {page} of /inbox.", "list_dir", {"path": "/inbox", "page": page},
-               json.dumps({"entries": entries, "more": (page + 1) * 20 < len(listed),
-                           "total": len(listed)}))
+               listing(page))
     moved, total = 0, 0
     for k, fname in enumerate(listed, 1):
         path = f"/inbox/{fname}"
-        # The count, copied from the listing's total and carried from read to read: without it a
-        # model answers when it has read as many files as it usually did in training (after two
-        # at horizon 3, the failure of most of runs/recipe14's horizon-3 files episodes).
-        count = f"(file {k} of {len(listed)})"
-        if rng.random() < 0.08:
+        # Each read says which file of how many it is (the listing gives the total) before the
+        # path: runs/recipe14's model, trained mostly on horizons 1-2, wrote the third path of a
+        # horizon-3 inbox with wrong digits in 23 of 48 episodes, or answered after two reads.
+        reading = f"Reading file {k} of {len(listed)}: {path}, to check whether its value is even."
+        error = rng.random()
+        if error < 0.08:  # a typo in the call, the reasoning right: the same path again
             wrong = path.replace("_", "-")
-            b.step(f"Reading {path} {count}.", "read_file", {"path": wrong},
-                   f"error: {wrong}: no such file")
-            b.step("Wrong path: the separator is an underscore. Reading again.", "read_file",
-                   {"path": path}, f"value: {inbox[fname]}")
-        else:
-            b.step(f"Reading {path} {count} to check whether its value is even.", "read_file",
-                   {"path": path}, f"value: {inbox[fname]}")
+            b.step(reading, "read_file", {"path": wrong}, f"error: {wrong}: no such file")
+            reading = "Wrong path: the separator is an underscore. Reading again."
+        elif error < 0.16:
+            # The name miscopied, in the reasoning and the call: list its page again and copy it
+            # from there (that model retried its wrong path until the turns ran out).
+            stem, _, digits = fname.removesuffix(".txt").rpartition("_")
+            other = f"{stem}_{(int(digits) + rng.randrange(1, 1000)) % 1000:03d}.txt"
+            while other in inbox:
+                other = f"{stem}_{rng.randrange(1000):03d}.txt"
+            b.step(reading.replace(fname, other), "read_file", {"path": f"/inbox/{other}"},
+                   f"error: /inbox/{other}: no such file")
+            page = here.index(fname) // 20
+            b.step(f"No such file: I miscopied the name. Listing page {page} of /inbox again.",
+                   "list_dir", {"path": "/inbox", "page": page}, listing(page))
+        b.step(reading, "read_file", {"path": path}, f"value: {inbox[fname]}")
         if inbox[fname] % 2:
             continue
         dst = "/archiv" if rng.random() < 0.08 else "/archive"
@@ -266,6 +279,7 @@ def files(rng: random.Random, horizon: int) -> tuple[list, dict, list]:
         if dst != "/archive":
             b.step("Typo in the destination; the directory is /archive.", "move",
                    {"src": path, "dst_dir": "/archive"}, f"moved {path} -> /archive/{fname}")
+        here.remove(fname)
         moved, total = moved + 1, total + inbox[fname]
     kept = [inbox[f] for f in listed if inbox[f] % 2 == 0]
     if len(kept) > 1:

@@ -79,7 +79,7 @@ def synthetic_corpus(n_per_domain: int = 120, seed: int = 0) -> Iterable[str]:
 def train(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """A byte-level BPE tokenizer of at most `vocab_size` entries, the special tokens last.
 
-    Fewer when the corpus runs out of merges: the shipped one stops at 1,485 (its corpus is a few
+    Fewer when the corpus runs out of merges: the shipped one stops at 1,490 (its corpus is a few
     hundred template words and `syllabify`d names). The models keep a 4,096-row embedding, the
     rest unused, as Qwen3.5's 248,320 rows exceed its tokenizer's.
     """

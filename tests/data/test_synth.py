@@ -88,21 +88,43 @@ def test_files_references_add_two_or_more_values_with_the_calculator():
     assert seen == {2, 3}
 
 
-def test_files_references_count_the_files_as_they_read_them():
-    """Each read says which file of how many it is, the count copied from the listing's total
-    (runs/recipe14's model, without it, answered after two reads at horizon 3)."""
-    t = synth.make_trajectory("files", 25, seed=0, index=0)
-    listings = [json.loads(m["content"]) for m in t["messages"] if m.get("name") == "list_dir"]
-    assert [(len(page["entries"]), page["total"]) for page in listings] == [(20, 25), (5, 25)]
-    reads = [m["reasoning_content"] for m in t["messages"]
-             for c in m.get("tool_calls") or [] if c["function"]["name"] == "read_file"]
-    retries = [r for r in reads if r.startswith("Wrong path")]  # no new file: no new count
-    assert retries and all(r.endswith("Reading again.") for r in retries)
-    counted = [re.fullmatch(r"Reading (\S+) \(file (\d+) of 25\)( to check whether its value "
-                            r"is even)?\.", r) for r in reads if r not in retries]
-    assert all(counted)
-    assert [int(m[2]) for m in counted] == list(range(1, 26))
-    assert [m[1] for m in counted] == [e for page in listings for e in page["entries"]]
+def test_files_references_count_their_reads_and_list_again_after_a_miscopied_name():
+    """Each read says which file of how many it is (the listing's total) before its path; a
+    name miscopied (reasoning and call) is followed by its page listed again, as /inbox is
+    then, and the read copied from there (runs/recipe14's model retried its wrong path)."""
+    t = synth.make_trajectory("files", 25, seed=0, index=1)  # 4 miscopied names, 4 typos
+    inbox, msgs = t["verifier"]["inbox"], t["messages"]
+    calls = [(m["reasoning_content"], c["function"]["name"], c["function"]["arguments"], k)
+             for k, m in enumerate(msgs) for c in m.get("tool_calls") or []]
+    args = lambda a: json.loads(a) if isinstance(a, str) else a
+    first = [json.loads(msgs[k + 1]["content"]) for _, name, _, k in calls[:2]]
+    assert [(len(page["entries"]), page["total"]) for page in first] == [(20, 25), (5, 25)]
+    reads = [re.fullmatch(r"Reading file (\d+) of 25: /inbox/(\S+), to check whether its value "
+                          r"is even\.", reasoning) for reasoning, name, _, _ in calls
+             if name == "read_file" and not reasoning.startswith("Wrong path")]
+    assert all(reads)
+    done = [(int(m[1]), m[2]) for m in reads if m[2] in inbox]
+    assert done == list(enumerate(sorted(inbox), 1))  # every file once, in the listing's order
+    miscopied = [(reasoning, args(a)["path"], k) for reasoning, name, a, k in calls
+                 if name == "read_file" and args(a)["path"].removeprefix("/inbox/") not in inbox
+                 and not reasoning.startswith("Wrong path") and "-" not in args(a)["path"]]
+    assert len(miscopied) == 4
+    for reasoning, path, k in miscopied:
+        assert path in reasoning and msgs[k + 1]["content"] == f"error: {path}: no such file"
+        relist = msgs[k + 2]
+        (call,) = relist["tool_calls"]
+        assert relist["reasoning_content"].startswith("No such file: I miscopied the name.")
+        moved = {args(c["function"]["arguments"])["src"] for m in msgs[:k]
+                 for c in m.get("tool_calls") or [] if c["function"]["name"] == "move"}
+        here = [f"/inbox/{f}" for f in sorted(inbox) if f"/inbox/{f}" not in moved]
+        page = args(call["function"]["arguments"])["page"]
+        assert json.loads(msgs[k + 3]["content"]) == {
+            "entries": here[page * 20:(page + 1) * 20], "more": (page + 1) * 20 < len(here),
+            "total": len(here)}
+        right = f"/inbox/{sorted(inbox)[int(reasoning.split()[2]) - 1]}"  # "Reading file K"
+        assert right in here[page * 20:(page + 1) * 20]
+        assert msgs[k + 4]["reasoning_content"] == reasoning.replace(path, right)
+        assert args(msgs[k + 4]["tool_calls"][0]["function"]["arguments"]) == {"path": right}
 
 
 def test_bad_arguments():

@@ -12,16 +12,16 @@ from a1jax.data.tokenizer import SHIPPED_TOKENIZER_DIR, SPECIAL_TOKENS, load_tok
 
 def test_shipped_tokenizer_special_tokens_and_config():
     tok = load_tokenizer()
-    # the corpus runs out of merges at 1,476; the models' 4,096-row embedding has room to spare
-    assert len(tok) == 1485
-    assert tok.convert_tokens_to_ids(list(SPECIAL_TOKENS)) == list(range(1476, 1485))
+    # the corpus runs out of merges at 1,481; the models' 4,096-row embedding has room to spare
+    assert len(tok) == 1490
+    assert tok.convert_tokens_to_ids(list(SPECIAL_TOKENS)) == list(range(1481, 1490))
     assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|endoftext|>")
     config = json.loads((SHIPPED_TOKENIZER_DIR / "tokenizer_config.json").read_text())
     assert config["chat_template"] == default_template()
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
     # special tokens are single tokens even next to text; byte-level BPE encodes anything
     ids = tok.encode("<|im_start|>assistant\n<think>\nÅh 😀\n</think>", add_special_tokens=False)
-    assert ids[0] == 1477 and ids[-1] == 1480 and 1479 in ids
+    assert ids[0] == 1482 and ids[-1] == 1485 and 1484 in ids
     assert tok.decode(ids) == "<|im_start|>assistant\n<think>\nÅh 😀\n</think>"
 
 

@@ -71,7 +71,7 @@ def test_generate_a_chat_reply(hf_dir, tmp_path, capsys):
             "type": "object", "properties": {"expression": {"type": "string"}}}}}]}))
     with pytest.raises(A1Error) as e:
         generate.main(["--model", str(path), "--messages", str(chat)])
-    assert str(e.value) == ("the tokenizer has 1485 tokens but the model's vocabulary 512: "
+    assert str(e.value) == ("the tokenizer has 1490 tokens but the model's vocabulary 512: "
                             "pass the model's own tokenizer (--tokenizer)")
     config = get_preset("tiny").replace(vocab_size=4096, eos_token_id=None)
     model_dir = tmp_path / "tiny4096"

@@ -192,7 +192,7 @@ def test_errors_before_compiling(reference, tmp_path):
 
     with pytest.raises(runner.RunError) as e:
         runner.check(stage1("model.vocab_size=1000"), str(tmp_path))
-    assert str(e.value) == ("the tokenizer has 1485 tokens but the model's vocab_size is 1000; "
+    assert str(e.value) == ("the tokenizer has 1490 tokens but the model's vocab_size is 1000; "
                             "set --config.model.vocab_size")
 
     with pytest.raises(runner.RunError) as e:
