@@ -112,6 +112,17 @@ def _calls(messages: list[dict]):
                                         else "")
 
 
+def _arguments(arguments: object) -> dict:
+    """A call's arguments as a dict: JSON text decoded (as synth writes some, and real logs
+    do), {} where they are neither."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return {}
+    return arguments if isinstance(arguments, dict) else {}
+
+
 def behaviour(episodes_path: str) -> dict[str, float]:
     """What the success rates alone do not show, from a model's evaluated episodes:
     kb_search: the share of episodes that ever search for the person the task starts from
@@ -124,7 +135,10 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     calls that returned a value apply exactly the task's operations (operator and number) in
     order (runs/recipe14's horizon-3 failures apply another line's); files: the share whose first
     `read_file` opens a file of the inbox (a copy of a listed path), the share that reads every
-    listed file, and the share solved under today's `Files.verify` (the episode's calls replayed
+    listed file, the share that read a miscopied name (a path no listing held, other than by a
+    '-' for the '_'; runs/recipe14's horizon-3 failures) and of those the share that listed
+    /inbox again after it (synth's recovery since 36fcac8), and the share solved under today's
+    `Files.verify` (the episode's calls replayed
     into a fresh world: results written before it checked the moves, or the reads, counted the
     report alone, or the report and the moves), and that share again over the tasks with two or
     more even files, whose report holds a sum the model must add up (synth's files tools have no
@@ -135,11 +149,12 @@ def behaviour(episodes_path: str) -> dict[str, float]:
 
     named, right_op, read, checked, every, summed = [], [], [], [], [], []
     miscopied, repeated, applied, overshot, given, copied = [], [], [], [], [], []
+    misread, relisted = [], []
     with open(episodes_path) as f:
         for line in f:
             e = json.loads(line)
             calls = [c["function"] for m in e["messages"] for c in m.get("tool_calls") or ()]
-            args = [c["arguments"] if isinstance(c["arguments"], dict) else {} for c in calls]
+            args = [_arguments(c["arguments"]) for c in calls]
             if e["domain"] == "kb_search":
                 named.append(any(c["name"] == "search" and a.get("query") == e["verifier"]["start"]
                                  for c, a in zip(calls, args)))
@@ -167,6 +182,12 @@ def behaviour(episodes_path: str) -> dict[str, float]:
                 inbox = {f"/inbox/{f}" for f in e["verifier"]["inbox"]}
                 read.append(bool(paths) and paths[0] in inbox)
                 every.append(inbox <= set(paths))
+                wrong = next((i for i, (c, a) in enumerate(zip(calls, args))
+                              if c["name"] == "read_file" and a.get("path") not in inbox
+                              and str(a.get("path")).replace("-", "_") not in inbox), None)
+                misread.append(wrong is not None)
+                if wrong is not None:
+                    relisted.append(any(c["name"] == "list_dir" for c in calls[wrong + 1:]))
                 meta, last = e["metadata"], e["messages"][-1]
                 env = make_environment("files")
                 env.reset(make_task("files", meta["horizon"], meta["seed"], meta["index"]))
@@ -211,6 +232,9 @@ def behaviour(episodes_path: str) -> dict[str, float]:
         out["files: first read opens a listed file"] = float(np.mean(read))
     if every:
         out["files: read every listed file"] = float(np.mean(every))
+        out["files: read a miscopied name"] = float(np.mean(misread))
+        out["files: listed /inbox again after a miscopied name"] = (
+            float(np.mean(relisted)) if relisted else float("nan"))
     if checked:
         out["files: solved, reads and moves checked"] = float(np.mean(checked))
     if summed:

@@ -256,6 +256,27 @@ def test_study_table_and_behaviour_show_the_cap_and_skipped_files(tmp_path):
     assert got["files: solved, of tasks with 2+ even files (a sum)"] == 1.0  # the sum right
     assert math.isnan(got["files: a sum's last calculator call adds exactly the even values"])
     assert math.isnan(got["files: a sum's report copies that call's result"])
+    assert got["files: read a miscopied name"] == 0.0
+    assert math.isnan(got["files: listed /inbox again after a miscopied name"])
+    # A read of a miscopied name with synth's recovery (its page listed again), one without,
+    # and one with a '-' for the '_' (a typo synth recovers from by reading again: not counted).
+    recovered = next(t for t in (synth.make_trajectory("files", 3, synth.EVAL_SEED_BASE, i)
+                                 for i in range(50))
+                     if any("miscopied" in (m.get("reasoning_content") or "")
+                            for m in t["messages"]))
+    looped, dashed = json.loads(json.dumps(traj)), json.loads(json.dumps(traj))
+    k = next(k for k, m in enumerate(traj["messages"]) for c in m.get("tool_calls") or []
+             if c["function"]["arguments"].get("path") == last)  # a right read
+    for t, path in [(looped, last.replace("_", "_1")), (dashed, last.replace("_", "-"))]:
+        t["messages"][k]["tool_calls"][0]["function"]["arguments"]["path"] = path
+    with open(tmp_path / "misread.jsonl", "w") as f:
+        for t in (recovered, looped, dashed):
+            meta_t = {**meta, "index": int(t["id"].split("-")[-1])}
+            f.write(json.dumps({"domain": "files", "messages": t["messages"],
+                                "verifier": t["verifier"], "metadata": meta_t}) + "\n")
+    got = study.behaviour(str(tmp_path / "misread.jsonl"))
+    assert got["files: read a miscopied name"] == 2 / 3
+    assert got["files: listed /inbox again after a miscopied name"] == 0.5
 
 
 def test_study_behaviour_counts_miscopied_and_repeated_searches(tmp_path):
