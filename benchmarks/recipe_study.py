@@ -135,9 +135,10 @@ def behaviour(episodes_path: str) -> dict[str, float]:
     calls that returned a value apply exactly the task's operations (operator and number) in
     order (runs/recipe14's horizon-3 failures apply another line's); files: the share whose first
     `read_file` opens a file of the inbox (a copy of a listed path), the share that reads every
-    listed file, the share that read a miscopied name (a path no listing held, other than by a
-    '-' for the '_'; runs/recipe14's horizon-3 failures) and of those the share that listed
-    /inbox again after it (synth's recovery since 36fcac8), and the share solved under today's
+    listed file, the share that read a miscopied name (an /inbox path no listing held, other
+    than by a '-' for the '_'; runs/recipe14's horizon-3 failures; synth's own references do so
+    at 8% a read since 36fcac8) and of those the share that listed /inbox again after it
+    (synth's recovery), and the share solved under today's
     `Files.verify` (the episode's calls replayed
     into a fresh world: results written before it checked the moves, or the reads, counted the
     report alone, or the report and the moves), and that share again over the tasks with two or
@@ -183,11 +184,14 @@ def behaviour(episodes_path: str) -> dict[str, float]:
                 read.append(bool(paths) and paths[0] in inbox)
                 every.append(inbox <= set(paths))
                 wrong = next((i for i, (c, a) in enumerate(zip(calls, args))
-                              if c["name"] == "read_file" and a.get("path") not in inbox
-                              and str(a.get("path")).replace("-", "_") not in inbox), None)
+                              if c["name"] == "read_file"
+                              and str(a.get("path")).startswith("/inbox/")
+                              and a["path"] not in inbox
+                              and a["path"].replace("-", "_") not in inbox), None)
                 misread.append(wrong is not None)
                 if wrong is not None:
-                    relisted.append(any(c["name"] == "list_dir" for c in calls[wrong + 1:]))
+                    relisted.append(any(c["name"] == "list_dir" and a.get("path") == "/inbox"
+                                        for c, a in zip(calls[wrong + 1:], args[wrong + 1:])))
                 meta, last = e["metadata"], e["messages"][-1]
                 env = make_environment("files")
                 env.reset(make_task("files", meta["horizon"], meta["seed"], meta["index"]))

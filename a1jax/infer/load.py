@@ -47,10 +47,13 @@ def tokenizer_dir(model_path: str) -> str | None:
     if is_hf_dir(model_path):
         return model_path if os.path.isfile(os.path.join(model_path, "tokenizer.json")) else None
     from a1jax.convert import orbax_io
-    from a1jax.data.tokenizer import check_tokenizer
+    from a1jax.data.tokenizer import TokenizerMismatch, check_tokenizer
 
     meta = orbax_io.read_meta(orbax_io.resolve_step_dir(model_path))
     recorded = meta["tokenizer"]
+    if recorded and not os.path.isdir(recorded) and meta["tokenizer_sha256"]:
+        raise TokenizerMismatch(f"{model_path} was trained with tokenizer {recorded}, which is "
+                                "not there: pass it (--tokenizer)")
     path = recorded if recorded and os.path.isdir(recorded) else None
     check_tokenizer(meta["tokenizer_sha256"], path, model_path,
                     "pass the one it was trained with (--tokenizer)")

@@ -238,7 +238,8 @@ def open_checkpoints(c: ml_collections.ConfigDict, plan: Plan
     checkpoints = ckpt_lib.Checkpointer(
         os.path.join(plan.workdir, "checkpoints"), every=c.checkpoint.every,
         keep=c.checkpoint.keep, final_step=plan.steps, async_save=c.checkpoint.async_save)
-    meta = {"model_config": plan.model_config.to_json_dict(), "tokenizer": plan.tokenizer_dir,
+    tokenizer = os.path.abspath(plan.tokenizer_dir) if plan.tokenizer_dir else None
+    meta = {"model_config": plan.model_config.to_json_dict(), "tokenizer": tokenizer,
             "tokenizer_sha256": tokenizer_digest(plan.tokenizer_dir),
             "stage": c.stage, "experiment": experiment.as_json(c),
             "identity": experiment.identity(c), "fingerprint": experiment.fingerprint(c),

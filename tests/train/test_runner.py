@@ -244,6 +244,15 @@ def test_a_checkpoint_is_read_with_the_tokenizer_it_learned(reference, tmp_path,
                             "agent_eval.max_turn_tokens=48"), reference)
     assert str(e.value) == (f"the run in workdir {reference}" + ships + "set data.tokenizer to "
                             "the one it was trained with, or use another --workdir")
+    # A recorded tokenizer directory since removed: named, rather than a1jax's own taken.
+    from a1jax.convert import orbax_io
+    gone = orbax_io.write_params_checkpoint(
+        tmp_path / "moved", 0, {"w": np.zeros(2, np.float32)},
+        {"tokenizer": str(tmp_path / "nowhere"), "tokenizer_sha256": digest(shipped)})
+    with pytest.raises(tok_lib.TokenizerMismatch) as e:
+        tokenizer_dir(str(gone))
+    assert str(e.value) == (f"{gone} was trained with tokenizer {tmp_path / 'nowhere'}, which "
+                            "is not there: pass it (--tokenizer)")
 
 
 def test_score_reads_a_run_checkpoint(reference, tmp_path):
